@@ -1,0 +1,162 @@
+"""The ESM encoder: ESM-1b and ESM-2 are one backbone configured by `ESMConfig`."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from protlm.alphabet import Alphabet
+from protlm.models.config import ESMConfig
+from protlm.models.heads import ContactPredictionHead
+from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
+
+# Token dropout: training masked 15% x 80% of residues with <mask> and zeroed their
+# embeddings; at inference embeddings are rescaled by (1 - 0.12) / (1 - observed mask ratio).
+MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+class ESM(nn.Module):
+    """ESM-1b / ESM-2 masked language model with a contact head.
+
+    forward(tokens) returns fair-esm's dict: `logits` (B, T, V), `representations`
+    {layer: (B, T, D)}, `attentions` (B, layers, heads, T, T) when `need_head_weights`,
+    `contacts` (B, L, L) when `return_contacts`.
+    """
+
+    def __init__(self, config: ESMConfig, alphabet: Alphabet | None = None):
+        super().__init__()
+        self.config = cfg = config
+        self.alphabet = alphabet = alphabet or Alphabet()
+        if len(alphabet) != cfg.alphabet_size:
+            raise ValueError(f"alphabet has {len(alphabet)} tokens, config expects {cfg.alphabet_size}")
+        self.padding_idx, self.mask_idx = alphabet.padding_idx, alphabet.mask_idx
+        self.cls_idx, self.eos_idx = alphabet.cls_idx, alphabet.eos_idx
+
+        self.embed_tokens = nn.Embedding(cfg.alphabet_size, cfg.embed_dim, padding_idx=self.padding_idx)
+        self.embed_positions = (
+            LearnedPositionalEmbedding(cfg.max_positions, cfg.embed_dim, self.padding_idx)
+            if cfg.position_embedding == "learned" else None
+        )
+        self.emb_layer_norm_before = (
+            nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.emb_layer_norm_before else None
+        )
+        rotary = cfg.position_embedding == "rotary"
+        self.layers = nn.ModuleList(
+            TransformerLayer(cfg.embed_dim, cfg.ffn_embed_dim, cfg.attention_heads, rotary,
+                             cfg.layer_norm_eps, cfg.dropout, cfg.attention_dropout)
+            for _ in range(cfg.num_layers)
+        )
+        self.emb_layer_norm_after = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.lm_head = RobertaLMHead(cfg.embed_dim, cfg.alphabet_size, self.embed_tokens.weight,
+                                     cfg.layer_norm_eps)
+        self.contact_head = ContactPredictionHead(
+            cfg.num_layers, cfg.attention_heads, self.eos_idx, alphabet.prepend_bos, alphabet.append_eos
+        )
+
+    # fair-esm attribute names
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def attention_heads(self) -> int:
+        return self.config.attention_heads
+
+    def embed(self, tokens_BT: torch.Tensor) -> torch.Tensor:
+        """Token ids -> layer-0 representation (B, T, D)."""
+        padding_mask = tokens_BT.eq(self.padding_idx)
+        x = self.embed_tokens(tokens_BT)
+        if self.config.token_dropout:
+            is_mask = tokens_BT.eq(self.mask_idx)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            src_lengths = (~padding_mask).sum(-1)
+            observed = is_mask.sum(-1).to(x.dtype) / src_lengths
+            x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(tokens_BT)
+        if self.emb_layer_norm_before is not None:
+            x = self.emb_layer_norm_before(x)
+        return x * (~padding_mask).unsqueeze(-1).to(x.dtype)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        repr_layers: Iterable[int] = (),
+        need_head_weights: bool = False,
+        return_contacts: bool = False,
+    ) -> dict:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        repr_layers = {self._layer_index(i) for i in repr_layers}
+        padding_mask = tokens.eq(self.padding_idx)
+        x = self.embed(tokens)
+
+        reps = {0: x} if 0 in repr_layers else {}
+        key_mask = padding_mask if padding_mask.any() else None
+        need_maps = need_head_weights or return_contacts
+        attn_maps, contact_logits = [], None
+        for i, layer in enumerate(self.layers):
+            x, attn = layer(x, key_mask, need_weights=need_maps)
+            if i + 1 in repr_layers:
+                reps[i + 1] = x
+            if attn is None:
+                continue
+            if key_mask is not None:
+                keep = (~padding_mask).to(attn)
+                attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
+            if return_contacts:
+                # Reduce each layer's maps into the contact logits now, so peak memory holds
+                # one layer of attention rather than all of them.
+                part = self.contact_head.layer_logits(tokens, attn, i)
+                contact_logits = part if contact_logits is None else contact_logits + part
+            if need_head_weights:
+                attn_maps.append(attn)
+
+        x = self.emb_layer_norm_after(x)
+        if self.num_layers in repr_layers:
+            reps[self.num_layers] = x  # the last representation is taken after the final LN
+        result = {"logits": self.lm_head(x), "representations": reps}
+        if need_head_weights:
+            result["attentions"] = torch.stack(attn_maps, 1)  # (B, layers, heads, T, T)
+        if return_contacts:
+            result["contacts"] = self.contact_head.finish(contact_logits)
+        return result
+
+    def _layer_index(self, i: int) -> int:
+        n = self.num_layers
+        if not -(n + 1) <= i <= n:
+            raise ValueError(f"repr layer {i} out of range for a {n}-layer model")
+        return (i + n + 1) % (n + 1)
+
+    def predict_contacts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self(tokens, return_contacts=True)["contacts"]
+
+
+class ESM1b(ESM):
+    """ESM-1b (Rives et al. 2021): learned positions, LayerNorm on embeddings before and after."""
+
+    def __init__(self, config: ESMConfig, alphabet: Alphabet | None = None):
+        if config.position_embedding != "learned":
+            raise ValueError("ESM1b needs position_embedding='learned'")
+        super().__init__(config, alphabet)
+
+
+class ESM2(ESM):
+    """ESM-2 (Lin et al. 2023): rotary positions, no embedding LayerNorm before the stack."""
+
+    def __init__(self, config: ESMConfig, alphabet: Alphabet | None = None):
+        if config.position_embedding != "rotary":
+            raise ValueError("ESM2 needs position_embedding='rotary'")
+        super().__init__(config, alphabet)
+
+
+def build_model(config: ESMConfig, alphabet: Alphabet | None = None) -> ESM:
+    """The model class for a config: ESM1b for learned positions, ESM2 for rotary."""
+    cls = ESM1b if config.position_embedding == "learned" else ESM2
+    return cls(config, alphabet)
