@@ -1,0 +1,24 @@
+"""`protlm convert SRC DST --to {protlm,hf}`: rewrite a checkpoint in another layout."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("convert")
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=click.Choice(["protlm", "hf"]), default="protlm", show_default=True,
+              help="protlm: config.json + model.safetensors; hf: transformers EsmForMaskedLM folder.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Store the weights in this dtype (default: as loaded, float32).")
+def command(src: str, dst: str, to: str, dtype: str | None) -> None:
+    """Convert SRC (published name, fair-esm .pt, HF folder or protlm folder) into folder DST."""
+    from protlm.pretrained.convert import convert_checkpoint
+    from protlm.pretrained.load import CheckpointError
+
+    try:
+        out = convert_checkpoint(src, dst, to=to, dtype=dtype)
+    except (CheckpointError, FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e).strip("'\"")) from None
+    click.echo(f"wrote {to} checkpoint to {out}")

@@ -1,0 +1,263 @@
+"""`load_model_and_alphabet`: published names, fair-esm .pt files, HF folders, protlm folders.
+
+Safety: .pt files are read with `torch.load(weights_only=True)`, allowing tensors, containers and
+exactly one metadata class, `argparse.Namespace` (ESM-1b's `args` and ESM-2's `cfg["model"]`
+are Namespaces). A pickle that names anything else (e.g. `os.system`) is refused, never run.
+Loading is strict: every key and shape must match, apart from an explicit list allowed missing.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import pickle
+import warnings
+import zipfile
+from argparse import Namespace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from protlm.alphabet import Alphabet
+from protlm.models.config import ESMConfig
+from protlm.models.esm import ESM, build_model
+from protlm.pretrained import convert, download, protlm_format, registry
+
+# The only non-tensor class published fair-esm files need (see the module docstring).
+SAFE_GLOBALS = [Namespace]
+CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
+TIED_KEY, EMBED_KEY = "lm_head.weight", "embed_tokens.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unsafe, corrupt, wrong family or mismatched keys."""
+
+
+# ------------------------------------------------------------------ safe reading
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True and only SAFE_GLOBALS allowed; clear errors."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{path}: refused to unpickle: the file holds more than tensors, containers and "
+                f"argparse.Namespace ({_detail(e)}); nothing in it was executed"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_detail(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
+                              f"{_detail(e)})") from None
+
+
+def _is_zip(path: Path) -> bool:
+    # mmap avoids a second in-memory copy of large files; only the zip format supports it.
+    return zipfile.is_zipfile(path)
+
+
+def _detail(e: Exception) -> str:
+    """The informative part of torch's long weights-only message (e.g. the refused GLOBAL)."""
+    boiler = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boiler)]
+    return " ".join(useful)[:300] or type(e).__name__
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+
+
+# ------------------------------------------------------------------ strict loading
+def _short(keys: Iterable[str], n: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_state_strict(model: ESM, state: Mapping[str, torch.Tensor], source: str,
+                      allowed_missing: Iterable[str] = ()) -> list[str]:
+    """Load `state` (protlm keys) into `model`; every difference is listed in one CheckpointError.
+
+    `lm_head.weight` is tied to `embed_tokens.weight`: it may be absent, and when present it must
+    equal the embedding. Returns the allowed keys that were missing (left at initialisation).
+    """
+    expected = model.state_dict()
+    state = dict(state)
+    tied = state.pop(TIED_KEY, None)
+    if tied is not None and EMBED_KEY in state and not torch.equal(tied.float(), state[EMBED_KEY].float()):
+        raise CheckpointError(f"{source}: the LM head's decoder weight differs from the token "
+                              "embedding it must be tied to")
+    allowed = set(allowed_missing) | {TIED_KEY}
+    missing = set(expected) - set(state) - allowed
+    unexpected = set(state) - set(expected)
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+              for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): " + "; ".join(shapes[:12]))
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match the model "
+                              f"({model.config.family}, {model.num_layers} layers, d={model.embed_dim}):\n  "
+                              + "\n  ".join(problems))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+    return sorted((set(expected) - set(state)) - {TIED_KEY})
+
+
+def _check_family(config: ESMConfig, state: Mapping[str, torch.Tensor], source: str, declared: str) -> None:
+    found = convert.detect_family(state)
+    if found != "unknown" and found != config.family:
+        what = {"esm1b": "ESM-1b (learned position table)", "esm2": "ESM-2 (rotary inv_freq)"}
+        raise CheckpointError(f"{source}: wrong model family: the weights are {what[found]} but "
+                              f"{declared} declares {what[config.family]}")
+
+
+def _warn_uncalibrated(source: str) -> None:
+    warnings.warn(f"{source}: no contact regression weights; the contact head is left at its "
+                  "initialisation, so predicted contacts are not calibrated", stacklevel=3)
+
+
+# ------------------------------------------------------------------ formats
+def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM:
+    """A published fair-esm .pt (ESM-1b `args` or ESM-2 `cfg`), with `<stem>-contact-regression.pt`
+    beside it when present (or `regression` if given)."""
+    path = Path(path)
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"{path}: not a fair-esm checkpoint (expected a dict with 'model' and "
+                              "'args' or 'cfg')")
+    state = convert.strip_fair_esm_prefixes(data["model"])
+    try:
+        config = convert.fair_esm_config(data, state)
+    except (ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    declared = "its `cfg` (ESM-2)" if "cfg" in data else "its `args` (ESM-1b, arch=roberta_large)"
+    _check_family(config, state, str(path), declared)
+    model = build_model(config)
+    if config.family == "esm1b":
+        state = convert.fair_esm_v1_fixups(state, model.alphabet)
+
+    reg_path = Path(regression) if regression else download.regression_path(path)
+    if reg_path.is_file():
+        reg = safe_torch_load(reg_path)
+        reg_state = reg.get("model", reg) if isinstance(reg, dict) else None
+        if not isinstance(reg_state, dict):
+            raise CheckpointError(f"{reg_path}: not a contact-regression file")
+        state.update(reg_state)
+    elif regression:
+        raise FileNotFoundError(f"contact regression file not found: {reg_path}")
+    left = load_state_strict(model, state, str(path), allowed_missing=CONTACT_KEYS)
+    if left:
+        _warn_uncalibrated(str(path))
+    return model
+
+
+def _hf_state(path: Path) -> dict[str, torch.Tensor]:
+    if (path / "model.safetensors").is_file():
+        return _load_safetensors(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for s in shards for k, v in _load_safetensors(path / s).items()}
+    if (path / "pytorch_model.bin").is_file():
+        return safe_torch_load(path / "pytorch_model.bin")
+    raise CheckpointError(f"{path}: HF folder without model.safetensors or pytorch_model.bin")
+
+
+def load_hf(path: str | Path) -> ESM:
+    """A Hugging Face folder in the EsmForMaskedLM layout (config.json + weights)."""
+    path = Path(path)
+    hf_cfg = json.loads((path / "config.json").read_text())
+    alphabet = Alphabet()
+    try:
+        config = convert.hf_config_to_protlm(hf_cfg, alphabet)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    state = convert.hf_to_protlm(_hf_state(path), config.num_layers)
+    declared = f"config.json (position_embedding_type={hf_cfg.get('position_embedding_type')!r})"
+    _check_family(config, state, str(path), declared)
+    model = build_model(config, alphabet)
+    # Rotary inv_freq is copied when the file has it (fp16-trained values differ from a recompute);
+    # only when absent is the model's own computation kept.
+    inv_freq = [f"layers.{i}.self_attn.rot_emb.inv_freq" for i in range(config.num_layers)]
+    left = load_state_strict(model, state, str(path), allowed_missing=[*CONTACT_KEYS, *inv_freq])
+    if set(CONTACT_KEYS) & set(left):
+        _warn_uncalibrated(str(path))
+    return model
+
+
+def packaged_root():
+    """Folder of the weights shipped inside protlm (a Traversable)."""
+    return importlib.resources.files("protlm") / "weights"
+
+
+def load_published(name: str) -> ESM:
+    entry = registry.get(name)
+    if entry.packaged:
+        folder = packaged_root() / entry.packaged
+        with importlib.resources.as_file(folder) as p:
+            if not protlm_format.is_protlm_dir(p):
+                raise CheckpointError(f"packaged weights for {name!r} are missing or broken at {p}")
+            return protlm_format.load_protlm(p)
+    path = download.resolve(entry)
+    model = load_path(path)
+    fields = ("position_embedding", "num_layers", "embed_dim", "attention_heads")
+    got, want = ({f: getattr(c, f) for f in fields} for c in (model.config, entry.config))
+    if got != want:
+        raise CheckpointError(f"{path}: does not hold {name!r}: file {got}, registry {want}")
+    return model
+
+
+def load_path(path: str | Path) -> ESM:
+    """Any supported checkpoint on disk: fair-esm .pt file, HF folder or protlm folder."""
+    path = Path(path)
+    if path.is_dir():
+        if protlm_format.is_protlm_dir(path):
+            try:
+                return protlm_format.load_protlm(path)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
+        if (path / "config.json").is_file():
+            return load_hf(path)
+        raise CheckpointError(f"{path}: folder has no config.json (expected a protlm or HF folder)")
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            raise CheckpointError(f"{path}: pass the folder holding config.json, not the weights file")
+        return load_fair_esm(path)
+    raise FileNotFoundError(f"no such checkpoint: {path}")
+
+
+def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None):
+    """(model in eval mode, Alphabet) from a published name or a checkpoint path.
+
+    Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
+    folder (EsmForMaskedLM layout), a protlm folder. Names: see `protlm.pretrained.registry`.
+    """
+    text = str(name_or_path)
+    if Path(text).exists():
+        model = load_path(text)
+    elif text in registry.REGISTRY:
+        model = load_published(text)
+    elif text.endswith(".pt") or "/" in text or "\\" in text:
+        raise FileNotFoundError(f"no such checkpoint: {text}")
+    else:
+        registry.get(text)  # raises KeyError listing the published names
+        raise AssertionError("unreachable")
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), model.alphabet
