@@ -85,11 +85,12 @@ def fair_esm_v1_fixups(state: dict[str, torch.Tensor], alphabet: Alphabet) -> di
     The row never reaches the encoder (token dropout zeroes masked inputs), but the LM head is
     tied to it, so the <mask> logit column depends on it.
     """
-    w = state.get("embed_tokens.weight")
-    if w is not None:
-        w = w.clone()
-        w[alphabet.mask_idx] = 0
-        state = {**state, "embed_tokens.weight": w}
+    state = dict(state)
+    for key in ("embed_tokens.weight", "lm_head.weight"):  # the same tensor in the model (tied)
+        if key in state:
+            w = state[key].clone()
+            w[alphabet.mask_idx] = 0
+            state[key] = w
     return state
 
 
