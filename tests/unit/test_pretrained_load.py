@@ -93,8 +93,9 @@ def test_truncated_safetensors(tmp_path, debug_model):
     save_protlm(debug_model(), tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(Exception, match="(?i)safetensor|corrupt|truncat|header|incomplete"):
+    with pytest.raises(CheckpointError, match="cannot load protlm checkpoint.*header") as info:
         load_model_and_alphabet(tmp_path / "m")
+    assert str(tmp_path / "m") in str(info.value)
 
 
 def test_wrong_family(tmp_path):
@@ -315,3 +316,24 @@ def test_cli_convert_errors_are_clean(tmp_path):
     assert out.exit_code != 0 and "no such checkpoint" in out.output
     out = CliRunner().invoke(cli, ["convert", "x", str(tmp_path / "dst"), "--to", "onnx"])
     assert out.exit_code == 2
+
+
+def test_hf_folder_with_published_esm2_extras(tmp_path, debug_model):
+    """facebook/esm2 files also hold an unused learned position table and position_ids."""
+    from safetensors.torch import load_file, save_file
+
+    from protlm.pretrained.convert import save_hf
+
+    model = W.init_like_training(debug_model("esm2_debug"), seed=4)
+    save_hf(model, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(weights))
+    state["esm.embeddings.position_embeddings.weight"] = torch.randn(1026, 64)
+    state["esm.embeddings.position_ids"] = torch.arange(1026)[None]
+    save_file(state, str(weights))
+    loaded, _ = load_model_and_alphabet(tmp_path / "hf")
+    assert same_weights(loaded, model)
+    del state["esm.encoder.layer.0.intermediate.dense.bias"]
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match="missing keys \\(1\\): layers.0.fc1.bias"):
+        load_model_and_alphabet(tmp_path / "hf")

@@ -182,13 +182,20 @@ def _hf_state(path: Path) -> dict[str, torch.Tensor]:
 def load_hf(path: str | Path) -> ESM:
     """A Hugging Face folder in the EsmForMaskedLM layout (config.json + weights)."""
     path = Path(path)
-    hf_cfg = json.loads((path / "config.json").read_text())
+    try:
+        hf_cfg = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from None
     alphabet = Alphabet()
     try:
         config = convert.hf_config_to_protlm(hf_cfg, alphabet)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     state = convert.hf_to_protlm(_hf_state(path), config.num_layers)
+    if config.position_embedding == "rotary":
+        # The published facebook/esm2 files carry an unused learned position table from an early
+        # conversion; transformers ignores it on load too.
+        state.pop("embed_positions.weight", None)
     declared = f"config.json (position_embedding_type={hf_cfg.get('position_embedding_type')!r})"
     _check_family(config, state, str(path), declared)
     model = build_model(config, alphabet)
@@ -213,7 +220,7 @@ def load_published(name: str) -> ESM:
         with importlib.resources.as_file(folder) as p:
             if not protlm_format.is_protlm_dir(p):
                 raise CheckpointError(f"packaged weights for {name!r} are missing or broken at {p}")
-            return protlm_format.load_protlm(p)
+            return load_path(p)
     path = download.resolve(entry)
     model = load_path(path)
     fields = ("position_embedding", "num_layers", "embed_dim", "attention_heads")
@@ -228,10 +235,12 @@ def load_path(path: str | Path) -> ESM:
     path = Path(path)
     if path.is_dir():
         if protlm_format.is_protlm_dir(path):
+            from safetensors import SafetensorError
+
             try:
                 return protlm_format.load_protlm(path)
-            except ValueError as e:
-                raise CheckpointError(str(e)) from None
+            except (ValueError, TypeError, KeyError, SafetensorError) as e:
+                raise CheckpointError(f"{path}: cannot load protlm checkpoint: {e}") from None
         if (path / "config.json").is_file():
             return load_hf(path)
         raise CheckpointError(f"{path}: folder has no config.json (expected a protlm or HF folder)")
