@@ -67,6 +67,9 @@ def test_published_format_parity(tmp_path, shared_data, family, kw):
     layers = [0, 1, n // 2, n]
     for explicit in (True, False):
         d = max_diffs(ref, model, tokens, layers, explicit)
+        path_name = "explicit" if explicit else "sdpa"
+        print(f"\n{name} d={model.embed_dim} {path_name}: max abs diff {max(d.values()):.3g} "
+              f"(worst: {max(d, key=d.get)})")
         assert max(d.values()) <= TOL, (explicit, d)
     d_file = max_diffs(ref, ref_loaded.eval(), tokens, layers)
     assert max(d_file.values()) == 0.0, d_file  # the file round-trips exactly in fair-esm too

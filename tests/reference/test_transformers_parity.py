@@ -57,6 +57,7 @@ def test_hf_folder_written_by_transformers_loads_with_parity(tmp_path, batch, fa
     model, _ = load_model_and_alphabet(tmp_path / "hf")
     assert model.config.family == family and not model.training
     d = compare(hf, model, batch)
+    print(f"\n{family} HF->protlm max abs diff: {max(d.values()):.3g} (worst: {max(d, key=d.get)})")
     assert max(d.values()) <= TOL, d
 
 
@@ -89,6 +90,7 @@ def test_protlm_convert_to_hf_loads_in_transformers(tmp_path, batch, debug_model
     hf = EsmForMaskedLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     assert torch.equal(hf.lm_head.decoder.weight, model.embed_tokens.weight)
     d = compare(hf, model, batch)
+    print(f"\n{family} protlm->HF max abs diff: {max(d.values()):.3g} (worst: {max(d, key=d.get)})")
     assert max(d.values()) <= TOL, d
     # ... and back: HF -> protlm gives the same tensors.
     again, _ = load_model_and_alphabet(tmp_path / "hf")
