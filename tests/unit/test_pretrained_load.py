@@ -337,3 +337,22 @@ def test_hf_folder_with_published_esm2_extras(tmp_path, debug_model):
     save_file(state, str(weights))
     with pytest.raises(CheckpointError, match="missing keys \\(1\\): layers.0.fc1.bias"):
         load_model_and_alphabet(tmp_path / "hf")
+
+
+def test_hf_wrong_family_and_bad_config(tmp_path, debug_model):
+    import json
+
+    from protlm.pretrained.convert import save_hf
+
+    save_hf(W.init_like_training(debug_model("esm2_debug")), tmp_path / "hf")
+    cfg_path = tmp_path / "hf" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "position_embedding_type": "absolute", "emb_layer_norm_before": True}))
+    with pytest.raises(CheckpointError, match="wrong model family: the weights are ESM-2.*declares ESM-1b"):
+        load_model_and_alphabet(tmp_path / "hf")
+    cfg_path.write_text(json.dumps({**cfg, "model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="model_type 'bert'"):
+        load_model_and_alphabet(tmp_path / "hf")
+    cfg_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model_and_alphabet(tmp_path / "hf")
