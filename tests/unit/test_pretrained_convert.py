@@ -89,6 +89,8 @@ def test_fair_esm_config_from_args_and_cfg():
     cfg = {"model": Namespace(encoder_layers=6, encoder_embed_dim=320, encoder_attention_heads=20,
                               token_dropout=True)}
     assert convert.fair_esm_config({"cfg": cfg}, {}) == REGISTRY["esm2_t6_8M_UR50D"].config
+    as_dict = {"model": vars(cfg["model"])}
+    assert convert.fair_esm_config({"cfg": as_dict}, {}) == REGISTRY["esm2_t6_8M_UR50D"].config
 
 
 def test_detect_family():

@@ -56,6 +56,8 @@ def fair_esm_config(data: Mapping[str, Any], state: Mapping[str, torch.Tensor]) 
     """
     if "cfg" in data:
         m = data["cfg"]["model"]
+        if isinstance(m, Mapping):  # a plain-dict cfg reads the same as fairseq's Namespace
+            m = Namespace(**m)
         return esm2_config(
             _arg(m, "layers"), _arg(m, "embed_dim"), _arg(m, "attention_heads"),
             token_dropout=bool(getattr(m, "token_dropout", True)),
