@@ -90,7 +90,9 @@ class ESM(nn.Module):
         repr_layers: Iterable[int] = (),
         need_head_weights: bool = False,
         return_contacts: bool = False,
+        return_logits: bool = True,
     ) -> dict:
+        """`return_logits=False` skips the LM head (embedding extraction never needs it)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         repr_layers = {self._layer_index(i) for i in repr_layers}
@@ -121,7 +123,8 @@ class ESM(nn.Module):
         x = self.emb_layer_norm_after(x)
         if self.num_layers in repr_layers:
             reps[self.num_layers] = x  # the last representation is taken after the final LN
-        result = {"logits": self.lm_head(x), "representations": reps}
+        result = {"logits": self.lm_head(x)} if return_logits else {}
+        result["representations"] = reps
         if need_head_weights:
             result["attentions"] = torch.stack(attn_maps, 1)  # (B, layers, heads, T, T)
         if return_contacts:
