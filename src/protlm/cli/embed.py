@@ -1,0 +1,69 @@
+"""`protlm embed`: per-record embeddings (and contacts) from a FASTA file."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from protlm.embed import DTYPES, INCLUDES, LONG_MODES
+
+
+class _MultiValueCommand(click.Command):
+    """Lets `--repr-layers 0 32 33 --include mean per_tok` work as in fair-esm's extract.py.
+
+    Click takes one value per option occurrence, so the values following these options are
+    rewritten into repeated occurrences before parsing.
+    """
+
+    MULTI = {"--repr-layers": re.compile(r"-?\d+$"), "--include": re.compile("|".join(INCLUDES) + "$")}
+
+    def parse_args(self, ctx, args):
+        out, current, got = [], None, False
+        for a in args:
+            if current and self.MULTI[current].match(a):
+                out += [current, a]
+                got = True
+                continue
+            if current and not got:
+                out.append(current)  # no value followed: click reports the missing value
+            current = None
+            if a in self.MULTI:
+                current, got = a, False
+            else:
+                out.append(a)
+        if current and not got:
+            out.append(current)
+        return super().parse_args(ctx, out)
+
+
+@click.command(cls=_MultiValueCommand)
+@click.argument("fasta", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_name", required=True, help="published name or checkpoint path")
+@click.option("--output", "-o", required=True, type=click.Path(), help="HDF5 file, or folder for --format pt")
+@click.option("--repr-layers", type=int, multiple=True, default=(-1,), show_default=True,
+              help="layers to return; negative counts from the end (0 = embeddings)")
+@click.option("--include", type=click.Choice(INCLUDES), multiple=True, default=("mean",),
+              show_default=True, help="outputs per record")
+@click.option("--toks-per-batch", type=int, default=4096, show_default=True)
+@click.option("--long", type=click.Choice(LONG_MODES), default="truncate", show_default=True,
+              help="sequences over the model limit (1022 residues for ESM-1b)")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
+            fmt, progress):
+    """Embed every record of FASTA; rerunning after an interruption resumes."""
+    from protlm.data.fasta import FastaError
+    from protlm.embed import EmbedConfig, EmbedError, embed_to_file
+    from protlm.embed_io import OutputMismatchError
+    from protlm.pretrained.load import CheckpointError
+
+    try:
+        include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
+        cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long)
+        stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress)
+    except (FastaError, EmbedError, OutputMismatchError, CheckpointError, FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    click.echo(f"{stats['written']} records written, {stats['skipped']} already in {output}", err=True)

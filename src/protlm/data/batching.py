@@ -1,0 +1,53 @@
+"""Length-sorted, token-budget batching for inference (pure functions).
+
+Sorting by length before packing keeps padding small: a batch of similar lengths costs
+about the sum of its lengths, so a fixed token budget gives a roughly fixed memory use.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def token_budget_batches(costs: Sequence[int], toks_per_batch: int) -> list[list[int]]:
+    """Group item indices, shortest first, so each batch's padded size fits the budget.
+
+    `costs[i]` is item i's padded token count (residues + BOS/EOS, or the sum over its windows).
+    A batch's padded size is len(batch) * max(cost in batch); an item larger than the whole
+    budget gets a batch of its own rather than being dropped. Ties keep input order, so the
+    batches are deterministic.
+    """
+    if toks_per_batch <= 0:
+        raise ValueError(f"toks_per_batch must be positive, got {toks_per_batch}")
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # costs are ascending, so costs[i] is the max of current + [i]
+        if current and (len(current) + 1) * costs[i] > toks_per_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def chunked_by_size(items: Iterable[T], size: Callable[[T], int], max_size: int) -> Iterator[list[T]]:
+    """Stream `items` in consecutive chunks whose summed size is about `max_size`.
+
+    Bounds memory for huge inputs: only one chunk is held (and sorted into batches) at a time.
+    A chunk is closed once it reaches `max_size`, so it may exceed it by one item.
+    """
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if total >= max_size:
+            yield chunk
+            chunk, total = [], 0
+    if chunk:
+        yield chunk

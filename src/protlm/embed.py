@@ -1,0 +1,277 @@
+"""Embeddings from a FASTA file: the library behind `protlm embed`.
+
+`scan_fasta` validates the whole file first (every input error is raised before any compute),
+`extract_batches` streams length-sorted token-budget batches through the model and yields
+per-record results, and `embed_to_file` adds resumable, kill-safe writing (see embed_io).
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from protlm.alphabet import Alphabet, pad_tokens
+from protlm.data.batching import chunked_by_size, token_budget_batches
+from protlm.data.fasta import Record, read_fasta
+from protlm.windows import merge_1d, merge_2d, window_spans
+
+INCLUDES = ("mean", "per_tok", "bos", "contacts")
+LONG_MODES = ("truncate", "window", "error")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EmbedError(ValueError):
+    """Invalid request or input for embedding; the message names the record when there is one."""
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    repr_layers: tuple[int, ...] = (-1,)  # negative counts from the end, as in fair-esm
+    include: tuple[str, ...] = ("mean",)
+    toks_per_batch: int = 4096  # padded tokens per forward pass
+    long: str = "truncate"  # sequences over the model limit: truncate | window | error
+    chunk_residues: int = 4_000_000  # residues read into memory (and sorted) at a time
+
+    def __post_init__(self):
+        bad = [i for i in self.include if i not in INCLUDES]
+        if bad or not self.include:
+            raise EmbedError(f"--include must be among {INCLUDES}, got {list(self.include)}")
+        if self.long not in LONG_MODES:
+            raise EmbedError(f"--long must be one of {LONG_MODES}, got {self.long!r}")
+        if self.toks_per_batch <= 0:
+            raise EmbedError(f"--toks-per-batch must be positive, got {self.toks_per_batch}")
+
+
+@dataclass
+class EmbedResult:
+    """One record's outputs, float32 on CPU. L = residues embedded (truncated or full)."""
+
+    id: str
+    description: str  # the whole FASTA header (fair-esm's `label`)
+    length: int  # residues in the input sequence
+    mean: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
+    per_tok: dict[int, torch.Tensor] | None = None  # {layer: (L, D)}, BOS/EOS excluded
+    bos: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
+    contacts: torch.Tensor | None = None  # (L, L)
+
+
+@dataclass
+class FastaIndex:
+    """What the validating pass keeps: IDs and lengths, never sequences."""
+
+    path: Path
+    ids: list[str] = field(default_factory=list)
+    lengths: array = field(default_factory=lambda: array("l"))
+
+    @property
+    def total_residues(self) -> int:
+        return sum(self.lengths)
+
+
+def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
+    """fair-esm's layer numbering: -1 is the last layer; returns sorted non-negative indices."""
+    out = set()
+    for i in repr_layers:
+        if not -(num_layers + 1) <= i <= num_layers:
+            raise EmbedError(f"repr layer {i} out of range for a {num_layers}-layer model "
+                             f"(valid: {-(num_layers + 1)}..{num_layers})")
+        out.add((i + num_layers + 1) % (num_layers + 1))
+    return sorted(out)
+
+
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None) -> FastaIndex:
+    """Validate every record (FastaError on the first problem) and collect IDs and lengths."""
+    index = FastaIndex(Path(path))
+    for rec in read_fasta(path, alphabet):
+        # IDs become HDF5 group names and file names: a '/' would nest groups or directories.
+        if "/" in rec.id or rec.id in (".", ".."):
+            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as output names may not "
+                             "contain '/' or be '.' or '..'")
+        index.ids.append(rec.id)
+        index.lengths.append(len(rec.sequence))
+    return index
+
+
+def check_lengths(index: FastaIndex, max_len: int, long: str) -> None:
+    """With long='error', name the first record over the model's limit (before any compute)."""
+    if long != "error":
+        return
+    for rid, n in zip(index.ids, index.lengths):
+        if n > max_len:
+            raise EmbedError(f"{index.path}: record {rid!r} has {n} residues, over the model's "
+                             f"limit of {max_len}; use --long truncate or --long window")
+
+
+def _spans(length: int, max_len: int, long: str) -> list[tuple[int, int]]:
+    if length <= max_len:
+        return [(0, length)]
+    if long == "window":
+        return window_spans(length, max_len)
+    if long == "truncate":
+        return [(0, max_len)]  # fair-esm's extract.py keeps the first 1022 residues
+    raise EmbedError(f"sequence of {length} residues is over the limit of {max_len}")
+
+
+@torch.inference_mode()
+def _forward_pieces(model, alphabet: Alphabet, pieces: list[str], layers: list[int],
+                    want: set[str], need_per_tok: bool) -> list[dict]:
+    """Run one padded batch; per piece: 'mean'/'bos' (N, D), 'per_tok' (N, n, D), 'contacts'."""
+    device = next(model.parameters()).device
+    tokens_BT = pad_tokens([alphabet.encode(p) for p in pieces], alphabet).to(device)
+    out = model(tokens_BT, repr_layers=layers, return_contacts="contacts" in want, return_logits=False)
+    x_BNTD = torch.stack([out["representations"][k] for k in layers], 1).float()
+    lens_B = torch.tensor([len(p) for p in pieces], device=device)
+    T = tokens_BT.shape[1]
+    # residues sit at positions 1..n (BOS at 0, EOS at n+1): the same rows fair-esm averages
+    pos_T = torch.arange(T, device=device)
+    res_BT = ((pos_T >= 1) & (pos_T <= lens_B[:, None])).to(x_BNTD.dtype)
+    mean_BND = (x_BNTD * res_BT[:, None, :, None]).sum(2) / lens_B[:, None, None]
+    mean_BND, bos_BND = mean_BND.cpu(), x_BNTD[:, :, 0].cpu()
+    x_cpu = x_BNTD.cpu() if need_per_tok else None
+    contacts = out["contacts"].float().cpu() if "contacts" in want else None
+    results = []
+    for b, p in enumerate(pieces):
+        n = len(p)
+        r = {"mean": mean_BND[b], "bos": bos_BND[b]}
+        if x_cpu is not None:
+            r["per_tok"] = x_cpu[b, :, 1 : n + 1]
+        if contacts is not None:
+            r["contacts"] = contacts[b, :n, :n]
+        results.append(r)
+    return results
+
+
+def _assemble(rec: Record, spans, parts: list[dict], layers: list[int], want: set[str]) -> EmbedResult:
+    """Combine a record's window outputs; one window (the usual case) passes straight through."""
+    res = EmbedResult(rec.id, rec.description, len(rec.sequence))
+    if len(parts) == 1:
+        p = parts[0]
+        mean, bos, per_tok, contacts = p["mean"], p["bos"], p.get("per_tok"), p.get("contacts")
+    else:
+        L = spans[-1][1]
+        # (n, N, D) pieces averaged over overlaps, then back to (N, L, D)
+        per_tok = merge_1d([p["per_tok"].transpose(0, 1) for p in parts], spans, L).transpose(0, 1)
+        mean = per_tok.mean(1)  # over the whole sequence, not a mean of window means
+        bos = torch.stack([p["bos"] for p in parts]).mean(0)
+        contacts = merge_2d([p["contacts"] for p in parts], spans, L) if "contacts" in want else None
+    if "mean" in want:
+        res.mean = {k: mean[j].clone() for j, k in enumerate(layers)}
+    if "bos" in want:
+        res.bos = {k: bos[j].clone() for j, k in enumerate(layers)}
+    if "per_tok" in want:
+        res.per_tok = {k: per_tok[j].clone() for j, k in enumerate(layers)}
+    if "contacts" in want:
+        res.contacts = contacts.clone()
+    return res
+
+
+def _run_batch(model, alphabet, records: list[Record], cfg: EmbedConfig, layers) -> list[EmbedResult]:
+    max_len = model.config.max_sequence_length
+    want = set(cfg.include)
+    spans = [_spans(len(r.sequence), max_len, cfg.long) for r in records]
+    pieces = [(i, r.sequence[s:e]) for i, r in enumerate(records) for s, e in spans[i]]
+    need_per_tok = "per_tok" in want or any(len(s) > 1 for s in spans)
+    # A windowed record can be longer than the budget: split its windows into sub-batches.
+    per_sub = max(1, cfg.toks_per_batch // (max(len(p) for _, p in pieces) + 2))
+    outs: list[dict] = []
+    for k in range(0, len(pieces), per_sub):
+        chunk = [p for _, p in pieces[k : k + per_sub]]
+        outs += _forward_pieces(model, alphabet, chunk, layers, want, need_per_tok)
+    by_rec: list[list[dict]] = [[] for _ in records]
+    for (i, _), o in zip(pieces, outs):
+        by_rec[i].append(o)
+    return [_assemble(r, spans[i], by_rec[i], layers, want) for i, r in enumerate(records)]
+
+
+def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = EmbedConfig(),
+                    skip: frozenset[str] | set[str] = frozenset()) -> Iterator[list[EmbedResult]]:
+    """Yield one list of results per batch, shortest sequences first within each chunk.
+
+    The model must be in eval mode on its device; records whose ID is in `skip` are not
+    computed (resume). Only `cfg.chunk_residues` residues of sequence are held at a time.
+    """
+    layers = resolve_layers(cfg.repr_layers, model.num_layers)
+    max_len = model.config.max_sequence_length
+    records = (r for r in read_fasta(fasta, alphabet) if r.id not in skip)
+
+    def cost(r: Record) -> int:
+        return sum(e - s + 2 for s, e in _spans(len(r.sequence), max_len, cfg.long))
+
+    pairs = ((r, cost(r)) for r in records)
+    for chunk in chunked_by_size(pairs, lambda rc: rc[1], cfg.chunk_residues):
+        recs = [r for r, _ in chunk]
+        for batch in token_budget_batches([c for _, c in chunk], cfg.toks_per_batch):
+            yield _run_batch(model, alphabet, [recs[i] for i in batch], cfg, layers)
+
+
+def extract(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = EmbedConfig(),
+            skip: frozenset[str] | set[str] = frozenset()) -> Iterator[EmbedResult]:
+    """Yield one `EmbedResult` per record (in batch order, not file order)."""
+    for batch in extract_batches(model, alphabet, fasta, cfg, skip):
+        yield from batch
+
+
+def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
+    """Move and cast for inference; `device=None` picks CUDA when present. Returns the model."""
+    if dtype not in DTYPES:
+        raise EmbedError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EmbedError("--device cuda was asked for, but CUDA is not available here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+
+
+def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
+                  cfg: EmbedConfig = EmbedConfig(), fmt: str = "h5", device: str | None = None,
+                  dtype: str = "fp32", progress: bool = True, model_loader=None) -> dict:
+    """Validate, load, then embed every record not yet in `output`; resumable after a kill.
+
+    Every input error (FASTA, lengths with long='error', layers, settings of an existing
+    output) is raised before any compute and before any output is created. Returns counts.
+    """
+    import protlm
+    from protlm import embed_io
+
+    index = scan_fasta(fasta)
+    model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
+    check_lengths(index, model.config.max_sequence_length, cfg.long)
+    layers = resolve_layers(cfg.repr_layers, model.num_layers)
+    meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
+            "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
+    if fmt not in ("h5", "pt"):
+        raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
+    out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
+    done = out.done_ids()
+    model = prepare_model(model, device, dtype)
+    todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
+    stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}
+    if not todo and not out.unfinished():
+        return stats
+    out.begin()
+    bar = _progress_bar(len(todo), progress)
+    t0 = time.perf_counter()
+    for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
+        out.write_batch(batch)
+        stats["written"] += len(batch)
+        bar.update(len(batch))
+        bar.tokens += sum(r.length for r in batch)
+        bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
+    bar.close()
+    out.write_index()
+    out.finish()
+    return stats
+
+
+def _progress_bar(n_records: int, enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_records, unit="seq", disable=not enabled, desc="embed", dynamic_ncols=True)
+    bar.tokens = 0  # residues embedded so far, for tokens/s
+    return bar

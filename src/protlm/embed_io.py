@@ -1,0 +1,261 @@
+"""Writers and readers for `protlm embed` outputs, with resume bookkeeping.
+
+HDF5 (`H5Output`): while a run is going, each batch becomes a shard file in `<OUT>.parts/`,
+written under a temporary name and renamed into place, so a shard either exists complete
+or not at all. `<OUT>` itself is an index of h5py ExternalLinks (`/<id>` -> shard), also
+rewritten under a temporary name and renamed, so it opens at any moment, even after SIGKILL,
+and holds complete records. At the end the shards are copied into one self-contained file
+that replaces the index, and the parts folder is removed. A rerun treats the records in the
+shards (and in a finished `<OUT>`) as done.
+
+.pt (`PtOutput`): a folder of `<id>.pt`, one per record, each renamed into place, with the
+dictionary layout of fair-esm's scripts/extract.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+import torch
+
+META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to resume
+SETTINGS_FILE = "protlm_embed.json"
+
+
+class OutputMismatchError(ValueError):
+    """An existing output was made with other settings, so resuming into it would mix them."""
+
+
+def _check_meta(path: Path, found: dict, meta: dict) -> None:
+    diff = {k: (found.get(k), meta[k]) for k in META_KEYS if found.get(k) != meta[k]}
+    if diff:
+        detail = "; ".join(f"{k}: existing {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise OutputMismatchError(f"{path}: exists with other settings ({detail}); "
+                                  "choose another output path or delete it")
+
+
+def _h5_meta(f: h5py.File) -> dict:
+    a = f.attrs
+    meta = {k: a[k] for k in ("model", "long", "dtype") if k in a}
+    if "layers" in a:
+        meta["layers"] = [int(i) for i in a["layers"]]
+    if "include" in a:
+        meta["include"] = str(a["include"]).split(",")
+    return meta
+
+
+def _write_meta(f: h5py.File, meta: dict, layout: str) -> None:
+    for k, v in meta.items():
+        if k == "include":
+            v = ",".join(v)
+        f.attrs[k] = np.asarray(v, dtype=np.int64) if k == "layers" else v
+    f.attrs["layout"] = layout  # 'shard', 'links' while running, 'consolidated' when finished
+
+
+def _write_record(g: h5py.Group, r, layers: list[int]) -> None:
+    g.attrs["description"] = r.description
+    g.attrs["length"] = r.length
+    for name in ("mean", "per_tok", "bos"):
+        d = getattr(r, name)
+        if d is not None:
+            g.create_dataset(name, data=torch.stack([d[k] for k in layers]).numpy())
+    if r.contacts is not None:
+        g.create_dataset("contacts", data=r.contacts.numpy())
+
+
+class H5Output:
+    """Resumable HDF5 writer: `done_ids()`, then `write_batch` per batch, then `finish()`."""
+
+    def __init__(self, path: str | Path, meta: dict, index_interval_s: float = 5.0):
+        self.path = Path(path)
+        self.parts = self.path.with_name(self.path.name + ".parts")
+        self.meta = meta
+        self.layers = list(meta["layers"])
+        self.index_interval_s = index_interval_s
+        self._where: dict[str, str] = {}  # record id -> shard file name
+        self._last_index = 0.0
+        self._next_shard = 1
+
+    def done_ids(self) -> set[str]:
+        """Check settings of what exists and return the IDs already written."""
+        if self.path.exists():
+            try:
+                with h5py.File(self.path, "r") as f:
+                    found, layout = _h5_meta(f), f.attrs.get("layout")
+            except OSError:
+                raise OutputMismatchError(f"{self.path}: exists and is not an HDF5 file; "
+                                          "choose another output path") from None
+            _check_meta(self.path, found, self.meta)
+            if layout == "consolidated" and self.parts.exists():
+                shutil.rmtree(self.parts)  # killed after the final rename: its shards are all in OUT
+        done = set()
+        if self.path.exists() and not self.parts.exists():
+            with h5py.File(self.path, "r") as f:
+                done |= set(f.keys())
+        for shard in self._shards():
+            with h5py.File(shard, "r") as f:
+                _check_meta(shard, _h5_meta(f), self.meta)
+                for rid in f.keys():
+                    self._where.setdefault(rid, shard.name)
+        return done | set(self._where)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
+
+    def unfinished(self) -> bool:
+        """True when shards from an earlier run still wait to be consolidated."""
+        return self.parts.is_dir()
+
+    def begin(self) -> None:
+        """Before the first new shard: a finished OUT becomes shard 0 so the index can link to it."""
+        if self.parts.is_dir():
+            for tmp in self.parts.glob("*.tmp"):
+                tmp.unlink()  # a shard cut off mid-write
+            self._next_shard = 1 + max((int(p.stem.split("-")[1]) for p in self._shards()), default=0)
+            return
+        self.parts.mkdir(parents=True)
+        if self.path.exists():
+            base = self.parts / "shard-000000.h5"
+            try:
+                os.link(self.path, base)  # same inode: OUT stays readable while it is re-indexed
+            except OSError:
+                shutil.copyfile(self.path, base)
+            with h5py.File(base, "r") as f:
+                self._where.update((rid, base.name) for rid in f.keys())
+
+    def write_batch(self, results: list) -> None:
+        if not results:
+            return
+        name = f"shard-{self._next_shard:06d}.h5"
+        self._next_shard += 1
+        tmp = self.parts / (name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            _write_meta(f, self.meta, "shard")
+            for r in results:
+                _write_record(f.create_group(r.id), r, self.layers)
+        _fsync_replace(tmp, self.parts / name)
+        for r in results:
+            self._where.setdefault(r.id, name)
+        if time.monotonic() - self._last_index >= self.index_interval_s:
+            self.write_index()
+
+    def write_index(self) -> None:
+        """Rewrite OUT as ExternalLinks to the shards (relative paths, so the pair can move)."""
+        tmp = self.path.with_name(self.path.name + ".index.tmp")
+        with h5py.File(tmp, "w") as f:
+            _write_meta(f, self.meta, "links")
+            for rid, shard in self._where.items():
+                f[rid] = h5py.ExternalLink(f"{self.parts.name}/{shard}", f"/{rid}")
+        _fsync_replace(tmp, self.path)
+        self._last_index = time.monotonic()
+
+    def finish(self) -> None:
+        """Copy every shard into one self-contained file, rename it over OUT, drop the parts."""
+        if not self.parts.is_dir():
+            return  # nothing new was written: OUT is already consolidated
+        tmp = self.path.with_name(self.path.name + ".final.tmp")
+        with h5py.File(tmp, "w") as dst:
+            _write_meta(dst, self.meta, "consolidated")
+            for shard in self._shards():
+                with h5py.File(shard, "r") as src:
+                    for rid in src.keys():
+                        if rid not in dst:
+                            src.copy(src[rid], dst, name=rid)
+        _fsync_replace(tmp, self.path)
+        shutil.rmtree(self.parts)
+
+
+class PtOutput:
+    """A folder of fair-esm-layout `<id>.pt` files; each appears complete or not at all."""
+
+    def __init__(self, path: str | Path, meta: dict):
+        self.path = Path(path)
+        self.meta = meta
+        self.layers = list(meta["layers"])
+
+    def done_ids(self) -> set[str]:
+        settings = self.path / SETTINGS_FILE
+        if settings.exists():
+            _check_meta(self.path, json.loads(settings.read_text()), self.meta)
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise OutputMismatchError(f"{self.path}: exists and is not a protlm embed folder; "
+                                      "choose another output path")
+        return {p.stem for p in self.path.glob("*.pt")} if self.path.is_dir() else set()
+
+    def begin(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for tmp in self.path.glob("*.tmp"):
+            tmp.unlink()
+        settings = self.path / SETTINGS_FILE
+        if not settings.exists():
+            tmp = self.path / (SETTINGS_FILE + ".tmp")
+            tmp.write_text(json.dumps(self.meta, indent=1))
+            os.replace(tmp, settings)
+
+    def write_batch(self, results: list) -> None:
+        for r in results:
+            tmp = self.path / f"{r.id}.pt.tmp"
+            torch.save(to_fair_esm_dict(r), tmp)
+            _fsync_replace(tmp, self.path / f"{r.id}.pt")
+
+    def unfinished(self) -> bool:
+        return False
+
+    def write_index(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def to_fair_esm_dict(r) -> dict:
+    """fair-esm scripts/extract.py layout: only the keys for what was asked for."""
+    out: dict = {"label": r.description}
+    if r.per_tok is not None:
+        out["representations"] = dict(r.per_tok)
+    if r.mean is not None:
+        out["mean_representations"] = dict(r.mean)
+    if r.bos is not None:
+        out["bos_representations"] = dict(r.bos)
+    if r.contacts is not None:
+        out["contacts"] = r.contacts
+    return out
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    """Flush the data to disk before the rename, so a crash never leaves a renamed empty file."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{id: {'mean' | 'per_tok' | 'bos' | 'contacts': array}} from a finished or running output."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        for rid in ids if ids is not None else f.keys():
+            out[rid] = {k: f[rid][k][()] for k in f[rid].keys()}
+    return out
+
+
+def read_h5_meta(path: str | Path) -> dict:
+    with h5py.File(path, "r") as f:
+        meta = _h5_meta(f)
+        meta["layout"] = f.attrs.get("layout")
+        meta["protlm_version"] = f.attrs.get("protlm_version")
+    return meta
+
+
+def read_pt(path: str | Path) -> dict:
+    """One fair-esm-layout record; plain tensors and dicts, so weights_only loading suffices."""
+    return torch.load(path, map_location="cpu", weights_only=True)
