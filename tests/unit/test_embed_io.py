@@ -1,0 +1,131 @@
+"""embed_io: HDF5 shards + ExternalLink index, consolidation, resume bookkeeping, .pt layout."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from protlm.embed import EmbedConfig, EmbedResult, embed_to_file
+from protlm.embed_io import (H5Output, OutputMismatchError, PtOutput, read_h5, read_h5_meta,
+                             read_pt, to_fair_esm_dict)
+from protlm.pretrained.protlm_format import save_protlm
+
+META = {"model": "m", "layers": [0, 2], "include": ["mean", "per_tok"], "long": "truncate",
+        "dtype": "fp32", "protlm_version": "0.1.0"}
+
+
+def fake(rid, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    per_tok = {k: torch.randn(L, 4, generator=g) for k in (0, 2)}
+    return EmbedResult(rid, f"{rid} desc", L, mean={k: v.mean(0) for k, v in per_tok.items()},
+                       per_tok=per_tok)
+
+
+def test_running_output_is_a_readable_link_index(tmp_path, monkeypatch):
+    out = H5Output(tmp_path / "e.h5", META, index_interval_s=0)
+    assert out.done_ids() == set()
+    out.begin()
+    out.write_batch([fake("a", 3, 0), fake("b", 5, 1)])
+    out.write_batch([fake("c", 7, 2)])
+    (out.parts / "shard-000009.h5.tmp").write_bytes(b"cut off mid-write")
+    monkeypatch.chdir(tmp_path.parent)  # links are relative to the index file, not the cwd
+    got = read_h5(tmp_path / "e.h5")
+    assert sorted(got) == ["a", "b", "c"]
+    assert got["c"]["per_tok"].shape == (2, 7, 4) and got["c"]["mean"].shape == (2, 4)
+    np.testing.assert_array_equal(got["a"]["mean"][1], fake("a", 3, 0).mean[2].numpy())
+    assert read_h5_meta(tmp_path / "e.h5")["layout"] == "links"
+
+    again = H5Output(tmp_path / "e.h5", META, index_interval_s=0)  # a rerun after a kill
+    assert again.done_ids() == {"a", "b", "c"}
+    again.begin()
+    assert not list(again.parts.glob("*.tmp"))
+    again.write_batch([fake("d", 2, 3)])
+    again.write_index()
+    again.finish()
+    assert not again.parts.exists()
+    with h5py.File(tmp_path / "e.h5") as f:
+        assert f.attrs["layout"] == "consolidated" and f.attrs["model"] == "m"
+        assert list(f.attrs["layers"]) == [0, 2] and f.attrs["protlm_version"] == "0.1.0"
+        assert all(f.get(k, getlink=True).__class__ is h5py.HardLink for k in f)  # self-contained
+        assert f["d"].attrs["description"] == "d desc" and f["d"].attrs["length"] == 2
+    assert sorted(read_h5(tmp_path / "e.h5")) == ["a", "b", "c", "d"]
+
+
+def test_appending_to_a_finished_output_keeps_it_readable(tmp_path):
+    path = tmp_path / "e.h5"
+    first = H5Output(path, META)
+    first.done_ids(), first.begin(), first.write_batch([fake("a", 3, 0)]), first.finish()
+    nxt = H5Output(path, META, index_interval_s=0)
+    assert nxt.done_ids() == {"a"}
+    nxt.begin()  # the finished file becomes shard 0 (a hard link: OUT is untouched)
+    nxt.write_batch([fake("b", 4, 1)])
+    assert sorted(read_h5(path)) == ["a", "b"]  # the index links both
+    nxt.finish()
+    assert sorted(read_h5(path)) == ["a", "b"] and not nxt.parts.exists()
+
+
+def test_killed_after_final_rename_is_cleaned_up(tmp_path):
+    path = tmp_path / "e.h5"
+    out = H5Output(path, META)
+    out.done_ids(), out.begin(), out.write_batch([fake("a", 3, 0)])
+    parts = out.parts
+    os.link(parts / "shard-000001.h5", tmp_path / "keep.h5")
+    out.finish()
+    parts.mkdir()  # as if killed between the rename and removing the parts
+    os.link(tmp_path / "keep.h5", parts / "shard-000001.h5")
+    again = H5Output(path, META)
+    assert again.done_ids() == {"a"} and not parts.exists()
+
+
+def test_other_settings_or_other_files_are_refused(tmp_path):
+    out = H5Output(tmp_path / "e.h5", META)
+    out.done_ids(), out.begin(), out.write_batch([fake("a", 3, 0)]), out.finish()
+    with pytest.raises(OutputMismatchError, match=r"layers: existing \[0, 2\], now \[2\]"):
+        H5Output(tmp_path / "e.h5", {**META, "layers": [2]}).done_ids()
+    (tmp_path / "notes.h5").write_text("hello")
+    with pytest.raises(OutputMismatchError, match="not an HDF5 file"):
+        H5Output(tmp_path / "notes.h5", META).done_ids()
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x.txt").write_text("x")
+    with pytest.raises(OutputMismatchError, match="not a protlm embed folder"):
+        PtOutput(tmp_path / "dir", META).done_ids()
+
+
+def test_pt_layout_is_fair_esm_extract(tmp_path):
+    r = fake("a", 3, 0)
+    r.bos = {0: torch.zeros(4), 2: torch.ones(4)}
+    r.contacts = torch.rand(3, 3)
+    d = to_fair_esm_dict(r)
+    assert set(d) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
+    assert d["label"] == "a desc" and set(d["representations"]) == {0, 2}
+    out = PtOutput(tmp_path / "pt", META)
+    assert out.done_ids() == set()
+    out.begin()
+    out.write_batch([r])
+    back = read_pt(tmp_path / "pt" / "a.pt")
+    assert torch.equal(back["representations"][2], r.per_tok[2]) and torch.equal(back["contacts"], r.contacts)
+    assert PtOutput(tmp_path / "pt", META).done_ids() == {"a"}
+    assert "mean_representations" not in to_fair_esm_dict(EmbedResult("b", "b", 1, per_tok=r.per_tok))
+
+
+def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_model):
+    """few (3 records) then some (15, a superset): equals one run over some."""
+    save_protlm(debug_model("esm2_debug"), tmp_path / "m")
+    seqs = shared_data / "sequences"
+    cfg = EmbedConfig(repr_layers=(-1,), include=("mean", "per_tok"), toks_per_batch=600)
+    kw = dict(cfg=cfg, device="cpu", progress=False)
+    assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)["written"] == 3
+    stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
+    assert stats == {"records": 15, "skipped": 3, "written": 12}
+    embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "b.h5", **kw)
+    a, b = read_h5(tmp_path / "a.h5"), read_h5(tmp_path / "b.h5")
+    assert sorted(a) == sorted(b) and len(a) == 15
+    for rid in a:
+        for k in ("mean", "per_tok"):
+            np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
+    again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
+    assert again == {"records": 15, "skipped": 15, "written": 0}
