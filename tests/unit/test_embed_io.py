@@ -31,6 +31,7 @@ def test_running_output_is_a_readable_link_index(tmp_path, monkeypatch):
     out.begin()
     out.write_batch([fake("a", 3, 0), fake("b", 5, 1)])
     out.write_batch([fake("c", 7, 2)])
+    out.write_index()  # refreshed on a timer while running; forced here
     (out.parts / "shard-000009.h5.tmp").write_bytes(b"cut off mid-write")
     monkeypatch.chdir(tmp_path.parent)  # links are relative to the index file, not the cwd
     got = read_h5(tmp_path / "e.h5")

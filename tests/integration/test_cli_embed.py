@@ -1,0 +1,167 @@
+"""`protlm embed` end to end: real sequences, both formats, every bad input, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from protlm import build_model
+from protlm.cli.main import cli
+from protlm.data.fasta import read_fasta, write_fasta
+from protlm.embed_io import read_h5, read_pt
+from protlm.pretrained.protlm_format import save_protlm
+from protlm.pretrained.registry import DEBUG_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_protlm(build_model(DEBUG_CONFIGS["esm2_debug"]), root / "esm2")
+    torch.manual_seed(0)  # ESM-1b limited to 32 residues: real proteins are "too long"
+    save_protlm(build_model(dataclasses.replace(DEBUG_CONFIGS["esm1b_debug"], max_positions=34)), root / "short")
+    return root
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["embed", *map(str, args), "--no-progress"], catch_exceptions=False)
+
+
+def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
+    fasta = shared_data / "sequences" / "some_proteins.fasta"
+    opts = ["--model", models / "esm2", "--repr-layers", "0", "-1", "--include", "mean", "per_tok",
+            "bos", "contacts", "--toks-per-batch", "2048", "--device", "cpu"]
+    r = run(fasta, *opts, "--output", tmp_path / "e.h5")
+    assert r.exit_code == 0, r.output
+    assert "15 records written" in r.output
+    with h5py.File(tmp_path / "e.h5") as f:
+        assert list(f.attrs["layers"]) == [0, 2] and f.attrs["model"] == str(models / "esm2")
+        assert f.attrs["protlm_version"] and len(f) == 15
+        g = f["UniRef50_A0A2C9LWN7"]  # 935 residues
+        assert g["mean"].shape == (2, 64) and g["per_tok"].shape == (2, 935, 64)
+        assert g["bos"].shape == (2, 64) and g["contacts"].shape == (935, 935)
+        assert g["mean"].dtype == np.float32
+    r = run(fasta, *opts, "--output", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0, r.output
+    h5 = read_h5(tmp_path / "e.h5")
+    for rec in read_fasta(fasta):
+        pt = read_pt(tmp_path / "pt" / f"{rec.id}.pt")
+        assert set(pt) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
+        assert pt["label"] == rec.description and set(pt["representations"]) == {0, 2}
+        for j, k in enumerate((0, 2)):
+            np.testing.assert_array_equal(pt["representations"][k].numpy(), h5[rec.id]["per_tok"][j])
+            np.testing.assert_array_equal(pt["mean_representations"][k].numpy(), h5[rec.id]["mean"][j])
+            np.testing.assert_array_equal(pt["bos_representations"][k].numpy(), h5[rec.id]["bos"][j])
+        np.testing.assert_array_equal(pt["contacts"].numpy(), h5[rec.id]["contacts"])
+
+
+def test_long_sequences_window_and_truncate(tmp_path, shared_data, models):
+    fasta = shared_data / "sequences" / "few_proteins.fasta"
+    for mode, length in (("truncate", 32), ("window", 80)):
+        out = tmp_path / f"{mode}.h5"
+        r = run(fasta, "--model", models / "short", "--output", out, "--long", mode, "--include", "per_tok", "contacts")
+        assert r.exit_code == 0, r.output
+        with h5py.File(out) as f:
+            assert f["UniRef50_UPI0003108055"]["per_tok"].shape == (1, length, 64)
+            assert f["UniRef50_UPI0003108055"]["contacts"].shape == (length, length)
+
+
+BAD = {
+    "duplicate": (">a\nMKV\n>b\nMKL\n>a\nMKT\n", r"line 5: duplicate record ID 'a'"),
+    "empty_record": (">a\nMKV\n>b\n>c\nMK\n", r"record 'b' has an empty sequence"),
+    "empty_file": ("", r"no FASTA records found"),
+    "not_fasta": ("id,sequence\na,MKV\n", r"line 1: sequence data before the first '>'"),
+    "invalid_residue": (">a\nMKV\n>b\nMK1V\n", r"record 'b': invalid residue '1' at position 3"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt"])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_fasta_fails_before_any_output(tmp_path, models, case, fmt):
+    text, message = BAD[case]
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(text)
+    out = tmp_path / "out"
+    r = run(fasta, "--model", models / "esm2", "--output", out, "--format", fmt)
+    assert r.exit_code != 0
+    assert re.search(message, r.output), r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fasta"]  # nothing written at all
+
+
+def test_bad_requests_fail_before_any_output(tmp_path, shared_data, models):
+    fasta = shared_data / "sequences" / "few_proteins.fasta"
+    out = tmp_path / "out.h5"
+    cases = [
+        (["--model", models / "short", "--long", "error"], "'UniRef50_UPI0003108055' has 80 residues"),
+        (["--model", models / "esm2", "--repr-layers", "5"], "repr layer 5 out of range"),
+        (["--model", "esm2_no_such_model"], "unknown model 'esm2_no_such_model'"),
+        (["--model", tmp_path / "missing"], "no such checkpoint"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", models / "esm2", "--device", "cuda"], "CUDA is not available"))
+    for args, message in cases:
+        r = run(fasta, *args, "--output", out)
+        assert r.exit_code != 0 and message in r.output, r.output
+        assert not list(tmp_path.iterdir())
+
+
+def beta_lactamase_fasta(shared_data, path, n=400):
+    src = shared_data / "function" / "P62593_beta_lactamase_fitness.fasta"
+    write_fasta(((r.id, r.sequence) for r in itertools.islice(read_fasta(src), n)), path)
+    return path
+
+
+def cli_args(fasta, model, out):
+    # one ~290-residue record per batch: hundreds of shards, so a kill lands mid-run
+    return [sys.executable, "-m", "protlm.cli.main", "embed", str(fasta), "--model", str(model),
+            "--output", str(out), "--toks-per-batch", "300", "--include", "mean", "per_tok",
+            "--device", "cpu", "--no-progress"]
+
+
+def kill_after_shards(args, parts, n_shards, timeout=120):
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while len(list(parts.glob("shard-*.h5"))) < n_shards:
+        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shared_data, models):
+    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta")
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    subprocess.run(cli_args(fasta, models / "esm2", ref), check=True)
+    parts = tmp_path / "out.h5.parts"
+    seen = 0
+    for n_shards in (10, 60):  # killed twice, at different points
+        kill_after_shards(cli_args(fasta, models / "esm2", out), parts, n_shards)
+        with h5py.File(out) as f:  # opens after SIGKILL, every record in it complete
+            assert f.attrs["layout"] == "links"
+            assert len(f) > seen  # the second run added to what the first left
+            seen = len(f)
+            for rid in f:
+                L = f[rid].attrs["length"]
+                assert f[rid]["mean"].shape == (1, 64) and f[rid]["per_tok"].shape == (1, L, 64)
+    done = subprocess.run(cli_args(fasta, models / "esm2", out), check=True, capture_output=True, text=True)
+    assert "already in" in done.stderr and not parts.exists()
+    a, b = read_h5(out), read_h5(ref)
+    assert sorted(a) == sorted(b) and len(a) == 400
+    for rid in a:
+        for k in ("mean", "per_tok"):
+            np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
+    with h5py.File(out) as f:
+        assert f.attrs["layout"] == "consolidated"
