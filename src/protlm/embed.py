@@ -216,8 +216,8 @@ def extract(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = Emb
         yield from batch
 
 
-def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
-    """Move and cast for inference; `device=None` picks CUDA when present. Returns the model."""
+def check_device(device: str | None = None, dtype: str = "fp32") -> str:
+    """The device to use (`None` picks CUDA when present); clear errors for what cannot run."""
     if dtype not in DTYPES:
         raise EmbedError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if device is None:
@@ -225,7 +225,12 @@ def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise EmbedError("--device cuda was asked for, but CUDA is not available here "
                          "(torch.cuda.is_available() is False); use --device cpu")
-    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+    return str(device)
+
+
+def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
+    """Move and cast for inference (outputs are still returned as float32)."""
+    return model.to(device=check_device(device, dtype), dtype=DTYPES[dtype]).eval()
 
 
 def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
@@ -239,14 +244,15 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     import protlm
     from protlm import embed_io
 
+    if fmt not in ("h5", "pt"):
+        raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
+    device = check_device(device, dtype)  # fail before the (possibly slow) model load
     index = scan_fasta(fasta)
     model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
     check_lengths(index, model.config.max_sequence_length, cfg.long)
     layers = resolve_layers(cfg.repr_layers, model.num_layers)
     meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
             "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
-    if fmt not in ("h5", "pt"):
-        raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
     done = out.done_ids()
     model = prepare_model(model, device, dtype)
