@@ -67,6 +67,19 @@ def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
         np.testing.assert_array_equal(pt["contacts"].numpy(), h5[rec.id]["contacts"])
 
 
+def test_gzip_fasta_and_repeated_options(tmp_path, shared_data, models):
+    import gzip
+
+    fasta = tmp_path / "few.fasta.gz"
+    fasta.write_bytes(gzip.compress((shared_data / "sequences" / "few_proteins.fasta").read_bytes()))
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5",
+            "--repr-layers", "-1", "--repr-layers", "0", "--include=bos")
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "e.h5") as f:
+        assert list(f.attrs["layers"]) == [0, 2] and len(f) == 3
+        assert set(f["UniRef50_A0A223SCH7"]) == {"bos"}
+
+
 def test_long_sequences_window_and_truncate(tmp_path, shared_data, models):
     fasta = shared_data / "sequences" / "few_proteins.fasta"
     for mode, length in (("truncate", 32), ("window", 80)):

@@ -42,9 +42,10 @@ class _MultiValueCommand(click.Command):
 @click.option("--model", "model_name", required=True, help="published name or checkpoint path")
 @click.option("--output", "-o", required=True, type=click.Path(), help="HDF5 file, or folder for --format pt")
 @click.option("--repr-layers", type=int, multiple=True, default=(-1,), show_default=True,
-              help="layers to return; negative counts from the end (0 = embeddings)")
+              help="layers to return, several allowed (--repr-layers 0 32 33); negative counts "
+              "from the end; 0 = embeddings")
 @click.option("--include", type=click.Choice(INCLUDES), multiple=True, default=("mean",),
-              show_default=True, help="outputs per record")
+              show_default=True, help="outputs per record, several allowed (--include mean per_tok)")
 @click.option("--toks-per-batch", type=int, default=4096, show_default=True)
 @click.option("--long", type=click.Choice(LONG_MODES), default="truncate", show_default=True,
               help="sequences over the model limit (1022 residues for ESM-1b)")
