@@ -130,3 +130,17 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
     assert again == {"records": 15, "skipped": 15, "written": 0}
+
+
+def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
+    path = tmp_path / "e.h5"
+    out = H5Output(path, META)
+    out.done_ids(), out.begin(), out.write_batch([fake("a", 3, 0)]), out.write_batch([fake("b", 2, 1)])
+    out.write_index()
+    (tmp_path / "e.h5.final.tmp").write_bytes(b"half a consolidated file")
+    again = H5Output(path, META)
+    assert again.done_ids() == {"a", "b"} and again.unfinished()
+    again.begin()
+    again.finish()
+    assert read_h5_meta(path)["layout"] == "consolidated" and sorted(read_h5(path)) == ["a", "b"]
+    assert not (tmp_path / "e.h5.final.tmp").exists() and not again.parts.exists()
