@@ -3,11 +3,12 @@
 __version__ = "0.1.0"
 
 from protlm.alphabet import Alphabet, BatchConverter, InvalidSequenceError
+from protlm.data.masking import mask_tokens
 from protlm.models import ESM, ESM1b, ESM2, ESMConfig, build_model
 
 __all__ = [
     "__version__", "Alphabet", "BatchConverter", "InvalidSequenceError",
-    "ESM", "ESM1b", "ESM2", "ESMConfig", "build_model", "load_model_and_alphabet",
+    "ESM", "ESM1b", "ESM2", "ESMConfig", "build_model", "load_model_and_alphabet", "mask_tokens",
 ]
 
 

@@ -63,3 +63,8 @@ def get(name: str) -> ModelEntry:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; published names: {', '.join(sorted(REGISTRY))}") from None
+
+
+# The default model shipped inside protlm: ESM-2 architecture (esm2_t6_8M shape) trained by
+# `protlm train configs/protlm_small.toml` on ../shared/data (see docs/training.md).
+register(ModelEntry("protlm_small", esm2_config(6, 320, 20), has_regression=False, packaged="protlm_small"))

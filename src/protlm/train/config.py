@@ -1,0 +1,163 @@
+"""Training configuration: a dataclass tree loaded from TOML, with `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protlm.models.config import ESMConfig, esm1b_config, esm2_config
+
+
+@dataclass
+class ModelSection:
+    family: str = "esm2"  # "esm2" (rotary) or "esm1b" (learned positions)
+    num_layers: int = 6
+    embed_dim: int = 320
+    attention_heads: int = 20
+    max_positions: int = 1024  # ESM-1b's learned position table (tokens incl. BOS/EOS)
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    def build_config(self) -> ESMConfig:
+        extra = dict(dropout=self.dropout, attention_dropout=self.attention_dropout,
+                     max_positions=self.max_positions)
+        if self.family == "esm2":
+            return esm2_config(self.num_layers, self.embed_dim, self.attention_heads, **extra)
+        if self.family == "esm1b":
+            return esm1b_config(num_layers=self.num_layers, embed_dim=self.embed_dim,
+                                attention_heads=self.attention_heads, ffn_embed_dim=4 * self.embed_dim, **extra)
+        raise ValueError(f"model.family must be 'esm2' or 'esm1b', got {self.family!r}")
+
+
+@dataclass
+class DataSection:
+    train_fasta: str = ""
+    valid_fraction: float = 0.05  # held out by a hash of the record ID
+    toks_per_batch: int = 8192  # padded tokens per global micro-batch
+    max_length: int = 1022  # residues per sequence; longer ones are randomly cropped
+    min_seqs: int = 1  # sequences per batch at least (>= world size)
+    num_workers: int = 0
+    seed: int = 0  # shuffle, crops and masks
+    valid_seed: int = 1234  # fixed masks and crops for validation
+    mask_prob: float = 0.15
+
+
+@dataclass
+class OptimSection:
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0  # 0 disables clipping
+    accum_steps: int = 1  # micro-batches per optimiser step
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = "linear"  # warmup then "linear" decay to 0, or "inverse_sqrt"
+    warmup_steps: int = 100
+    total_steps: int = 1000
+
+
+@dataclass
+class OutputSection:
+    dir: str = "runs/train"
+    checkpoint_every: int = 200
+    eval_every: int = 200
+    log_every: int = 10
+    keep_last: int = 2
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ParallelSection:
+    mode: str = "auto"  # auto (ddp when several ranks) | none | ddp | fsdp
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # autocast on GPU only; CPU stays fp32
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    seed: int = 0  # model initialisation
+    stop_at: int = 0  # stop (resumably) at this step; 0 = schedule.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, d: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) in [{where or 'top level'}]: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"config [{name}] must be a table")
+            kwargs[name] = _from_dict(type(default), value, name)
+        else:
+            kwargs[name] = _coerce(value, default, f"{where}.{name}".strip("."))
+    return cls(**kwargs)
+
+
+def _coerce(value, default, key: str):
+    if isinstance(default, tuple):
+        return tuple(float(v) for v in value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config {key} must be true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+        raise ValueError(f"config {key} must be a number, got {value!r}")
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float):
+        if value != int(value):
+            raise ValueError(f"config {key} must be an integer, got {value!r}")
+        return int(value)
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=1e-3' -> (['optim', 'lr'], 0.001); values are TOML, else plain strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """TOML file (optional) + overrides -> validated TrainConfig."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            d = tomllib.load(fh)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = d
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    cfg = _from_dict(TrainConfig, d, "")
+    if cfg.parallel.mode not in ("auto", "none", "ddp", "fsdp"):
+        raise ValueError(f"parallel.mode must be auto/none/ddp/fsdp, got {cfg.parallel.mode!r}")
+    if cfg.schedule.kind not in ("linear", "inverse_sqrt"):
+        raise ValueError(f"schedule.kind must be linear or inverse_sqrt, got {cfg.schedule.kind!r}")
+    return cfg

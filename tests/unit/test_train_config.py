@@ -1,0 +1,64 @@
+import math
+from pathlib import Path
+
+import pytest
+
+from protlm.train.config import TrainConfig, load_config, parse_override
+from protlm.train.schedule import lr_multiplier
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[optim]\nlr = 1e-3\n[data]\ntrain_fasta = "x.fasta"\n')
+    cfg = load_config(path, ["optim.lr=2e-4", "schedule.kind=inverse_sqrt", "output.tensorboard=true",
+                             "optim.betas=[0.9, 0.95]", "data.toks_per_batch=1024"])
+    assert cfg.optim.lr == 2e-4 and cfg.schedule.kind == "inverse_sqrt" and cfg.output.tensorboard
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.data.toks_per_batch == 1024
+    assert cfg.data.train_fasta == "x.fasta"
+    assert parse_override("output.dir=runs/x") == (["output", "dir"], "runs/x")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optim.nope=1", "optim"), ("nope=1", "top level"), ("optim.lr=fast", "optim.lr"),
+    ("parallel.mode=tpu", "parallel.mode"), ("schedule.kind=cosine", "schedule.kind"), ("x", "key=value"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_config(None, [override])
+
+
+def test_defaults_are_the_published_optimiser():
+    o = TrainConfig().optim
+    assert (o.betas, o.eps, o.weight_decay) == ((0.9, 0.98), 1e-8, 0.01)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "src/protlm/train/presets").glob("*.toml")) +
+                         [REPO / "configs/protlm_small.toml"], ids=lambda p: p.stem)
+def test_presets_load_and_build(preset):
+    cfg = load_config(preset)
+    cfg.model.build_config()
+
+
+def test_esm_presets_match_published_shapes():
+    presets = REPO / "src/protlm/train/presets"
+    c = load_config(presets / "esm2_t33_650M.toml").model.build_config()
+    assert (c.num_layers, c.embed_dim, c.attention_heads, c.position_embedding) == (33, 1280, 20, "rotary")
+    c = load_config(presets / "esm1b_t33_650M.toml").model.build_config()
+    assert (c.num_layers, c.embed_dim, c.position_embedding, c.emb_layer_norm_before) == (33, 1280, "learned", True)
+
+
+def test_linear_schedule():
+    f = [lr_multiplier(s, "linear", 10, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))
+    assert f[99] == pytest.approx(0.0, abs=1e-12) and f[54] == pytest.approx(0.5)
+
+
+def test_inverse_sqrt_schedule():
+    assert lr_multiplier(9, "inverse_sqrt", 10, 0) == pytest.approx(1.0)
+    assert lr_multiplier(39, "inverse_sqrt", 10, 0) == pytest.approx(math.sqrt(10 / 40))
+    with pytest.raises(ValueError):
+        lr_multiplier(5, "cosine", 1, 1)
