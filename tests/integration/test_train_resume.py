@@ -46,7 +46,7 @@ family = "esm2"
 num_layers = 2
 embed_dim = 32
 attention_heads = 4
-dropout = 0.1
+dropout = {sections.get('dropout', 0.1)}
 [data]
 train_fasta = "{fasta}"
 valid_fraction = 0.2
