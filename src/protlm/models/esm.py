@@ -109,15 +109,15 @@ class ESM(nn.Module):
                 reps[i + 1] = x
             if attn is None:
                 continue
-            if key_mask is not None:
-                keep = (~padding_mask).to(attn)
-                attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
-            if return_contacts:
+            if return_contacts and not need_head_weights:
                 # Reduce each layer's maps into the contact logits now, so peak memory holds
-                # one layer of attention rather than all of them.
-                part = self.contact_head.layer_logits(tokens, attn, i)
+                # one layer of attention rather than all of them (padding is zeroed inside).
+                part = self.contact_head.layer_logits(tokens, attn, i, key_mask)
                 contact_logits = part if contact_logits is None else contact_logits + part
             if need_head_weights:
+                if key_mask is not None:
+                    keep = (~padding_mask).to(attn)
+                    attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
                 attn_maps.append(attn)
 
         x = self.emb_layer_norm_after(x)
@@ -127,7 +127,10 @@ class ESM(nn.Module):
         result["representations"] = reps
         if need_head_weights:
             result["attentions"] = torch.stack(attn_maps, 1)  # (B, layers, heads, T, T)
-        if return_contacts:
+        if return_contacts and need_head_weights:
+            # Every map is held anyway: the reference's own computation, bitwise identical.
+            result["contacts"] = self.contact_head(tokens, result["attentions"])
+        elif return_contacts:
             result["contacts"] = self.contact_head.finish(contact_logits)
         return result
 

@@ -40,14 +40,40 @@ class ContactPredictionHead(nn.Module):
         feats = self._features(tokens_BT, attentions_BNHTT.reshape(B, N * H, T, T))
         return torch.sigmoid(self.regression(feats.permute(0, 2, 3, 1)).squeeze(3))
 
-    def layer_logits(self, tokens_BT: torch.Tensor, attn_BHTT: torch.Tensor, layer: int) -> torch.Tensor:
+    def layer_logits(self, tokens_BT: torch.Tensor, attn_BHTT: torch.Tensor, layer: int,
+                     padding_mask_BT: torch.Tensor | None = None) -> torch.Tensor:
         """One layer's contribution to the contact logits (B, L, L), without the bias.
 
         The regression is linear in the per-head features, so summing these over layers and
-        adding the bias equals `forward` while holding one layer's maps at a time.
+        adding the bias equals `forward` while holding one layer's maps at a time. Padding
+        rows/columns (`padding_mask_BT`, True = pad) are treated as zero, as in `forward` after
+        the backbone zeroes them.
+
+        Equal to `sum_h w_h * apc(symmetrize(A_h))` (A_h the EOS/padding-zeroed, cropped map)
+        up to float rounding, but in three passes over the maps and no (B, H, L, L) temporary:
+        symmetrize is linear, so sum_h w_h (A_h + A_h^T) = S + S^T with S = sum_h w_h A_h; and
+        the APC term of head h is the outer product a_h a_h^T / sum(a_h), where a_h = row sums
+        + column sums of A_h (the row sums of A_h + A_h^T, which is symmetric).
         """
-        w = self.regression.weight[0, layer * self.num_heads : (layer + 1) * self.num_heads]
-        return torch.einsum("bhij,h->bij", self._features(tokens_BT, attn_BHTT), w)
+        w_H = self.regression.weight[0, layer * self.num_heads : (layer + 1) * self.num_heads]
+        p_BHTT = attn_BHTT.float()
+        keep_BT = torch.ones_like(tokens_BT, dtype=p_BHTT.dtype)
+        if self.append_eos:
+            keep_BT = keep_BT * tokens_BT.ne(self.eos_idx)
+        if padding_mask_BT is not None:
+            keep_BT = keep_BT * ~padding_mask_BT
+        lo, hi = int(self.prepend_bos), tokens_BT.size(1) - int(self.append_eos)
+        crop_BT = torch.zeros_like(keep_BT)
+        crop_BT[:, lo:hi] = keep_BT[:, lo:hi]  # positions kept after zeroing and cropping
+        s_BTT = torch.einsum("bhij,h->bij", p_BHTT, w_H.float())
+        s_BTT = s_BTT * (crop_BT[:, :, None] * crop_BT[:, None, :])
+        rows_BHT = torch.einsum("bhij,bj->bhi", p_BHTT, crop_BT)
+        cols_BHT = torch.einsum("bhij,bi->bhj", p_BHTT, crop_BT)
+        a_BHL = ((rows_BHT + cols_BHT) * crop_BT[:, None, :])[..., lo:hi]
+        scale_BH = w_H.float() / a_BHL.sum(-1)  # w_h / sum(A_h + A_h^T)
+        apc_BLL = (a_BHL * scale_BH[..., None]).transpose(1, 2) @ a_BHL  # (B, L, L)
+        s_BLL = s_BTT[:, lo:hi, lo:hi]
+        return s_BLL + s_BLL.transpose(1, 2) - apc_BLL
 
     def finish(self, logits_BLL: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits_BLL + self.regression.bias)
