@@ -1,0 +1,40 @@
+"""`protlm variants score`: zero-shot mutation effects from a masked language model."""
+
+from __future__ import annotations
+
+import click
+
+from protlm.tasks.variants import METHODS
+
+
+@click.group()
+def command():
+    """Zero-shot variant effect prediction (no labels needed)."""
+
+
+@command.command("score")
+@click.option("--model", "model_name", required=True, help="published name or checkpoint path")
+@click.option("--sequence", "wt_fasta", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="FASTA with the one wild-type sequence")
+@click.option("--mutations", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV/TSV with a 'mutant' column: H24C, or H24C:A42G for multiple mutants")
+@click.option("--method", type=click.Choice(METHODS), default="masked-marginal", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--column", default=None, help="name of the added score column (default: the method)")
+@click.option("--offset", type=int, default=1, show_default=True,
+              help="number of the first residue of --sequence in the mutant strings")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="sequences per forward pass")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, progress):
+    """Score every mutant of MUTATIONS against the wild type; writes the rows plus a score."""
+    from protlm.data.fasta import FastaError
+    from protlm.pretrained.load import CheckpointError
+    from protlm.tasks.variants import MutationError, score_file
+
+    try:
+        n = score_file(model_name, wt_fasta, mutations, output, method, column, offset,
+                       batch_size, device, progress)
+    except (FastaError, MutationError, CheckpointError, FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    click.echo(f"{n} mutants scored ({method}) -> {output}", err=True)

@@ -1,0 +1,172 @@
+"""Function prediction: embeddings -> cross-validated head -> saved head dir -> predictions.
+
+A head dir holds `head.json` (model, layer, pooling, task, target, head kind, classes, CV
+metrics) and `head.safetensors` (standardiser + dense layers; see tasks/heads.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protlm.tasks import evaluate, heads
+from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
+from protlm.tasks.pooling import POOLINGS, embed_sequences
+
+HEAD_FORMAT = "protlm-function-head"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    model: str
+    target: str | None = None  # CSV/TSV label column
+    task: str = "regression"  # regression | classification
+    head: str | None = None  # default: ridge (regression) / logistic (classification)
+    label_from_header: int | None = None  # FASTA: 0-based '|'-separated header field
+    group: str | None = None  # CSV column for homology-aware folds
+    group_from_header: int | None = None  # FASTA: header field used as the group
+    id_column: str = "id"
+    sequence_column: str = "sequence"
+    layer: int = -1
+    pooling: str = "mean"
+    folds: int = 5
+    seed: int = 0
+    toks_per_batch: int = 4096
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.task not in heads.TASKS:
+            raise ValueError(f"--task must be one of {heads.TASKS}, got {self.task!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.head is not None and self.head not in heads.HEADS:
+            raise ValueError(f"--head must be one of {heads.HEADS}, got {self.head!r}")
+
+    @property
+    def head_kind(self) -> str:
+        return self.head or ("ridge" if self.task == "regression" else "logistic")
+
+
+def model_identity(name_or_path: str) -> str:
+    """Cache key part for a model: published name, or absolute path + modification time."""
+    p = Path(name_or_path)
+    if p.exists():
+        files = [p, *p.glob("*")] if p.is_dir() else [p]
+        newest = max(f.stat().st_mtime for f in files)
+        return f"{p.resolve()}@{newest:.0f}"
+    return str(name_or_path)
+
+
+def _load_model(name: str, device: str | None, loader=None):
+    import protlm
+
+    model, alphabet = (loader or protlm.load_model_and_alphabet)(name)
+    if device:
+        model = model.to(device)
+    return model.eval(), alphabet
+
+
+def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str, cache_dir,
+                      toks_per_batch: int = 4096, device: str | None = None, loader=None,
+                      progress: bool = True) -> np.ndarray:
+    """(N, D) pooled vectors; only sequences missing from the cache are run through the model
+    (the model is not even loaded when every sequence is cached)."""
+    cache = EmbeddingCache(cache_dir, model_identity(model_name), layer, pooling)
+    todo = cache.missing(seqs)
+    if todo:
+        model, alphabet = _load_model(model_name, device, loader)
+        cache.add(todo, embed_sequences(model, alphabet, todo, layer, pooling, toks_per_batch, progress))
+    return cache.get(seqs)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def save_head(head: heads.Head, out_dir: str | Path, meta: dict) -> None:
+    """Write head.safetensors then head.json (written last: its presence marks a complete dir)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "head.safetensors.tmp"
+    save_file(heads.head_arrays(head), str(tmp))
+    os.replace(tmp, out / "head.safetensors")
+    _atomic_json(out / "head.json", {"format": HEAD_FORMAT, "version": 1, "kind": head.kind,
+                                     "task": head.task, "classes": head.classes, **meta})
+
+
+def load_head(head_dir: str | Path) -> tuple[heads.Head, dict]:
+    from safetensors.numpy import load_file
+
+    d = Path(head_dir)
+    if not (d / "head.json").is_file() or not (d / "head.safetensors").is_file():
+        raise FileNotFoundError(f"{d}: not a head dir (needs head.json and head.safetensors; "
+                                "make one with `protlm function fit`)")
+    meta = json.loads((d / "head.json").read_text())
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{d}/head.json: format {meta.get('format')!r} is not {HEAD_FORMAT!r}")
+    head = heads.head_from_arrays(load_file(str(d / "head.safetensors")), meta["kind"], meta["task"], meta["classes"])
+    return head, meta
+
+
+def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
+                 progress: bool = True) -> dict:
+    """Load labelled data, embed (cached), cross-validate, fit on all data, save the head dir.
+
+    Returns the saved metadata (CV metrics under 'cv'). All input errors come before compute.
+    """
+    data = load_labelled(data_path, cfg.target, cfg.label_from_header, cfg.id_column,
+                         cfg.sequence_column, cfg.group, cfg.group_from_header)
+    if cfg.target is None and cfg.label_from_header is None:
+        raise ValueError("give --target COLUMN (CSV/TSV) or --label-from-header FIELD (FASTA)")
+    y = as_targets(data, cfg.task, data_path)
+    heads._estimator(cfg.head_kind, cfg.task, cfg.seed)  # head/task mismatch fails before compute
+    folds = evaluate.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
+    cache_dir = Path(cache_dir) if cache_dir else Path(output) / "embedding_cache"
+    x = cached_embeddings(data.sequences, cfg.model, cfg.layer, cfg.pooling, cache_dir,
+                          cfg.toks_per_batch, cfg.device, loader, progress)
+    fit = lambda xs, ys: heads.fit_head(xs, ys, cfg.head_kind, cfg.task, cfg.seed)  # noqa: E731
+    cv = evaluate.cross_validate(x, y, cfg.task, fit, folds)
+    head = fit(x, y)
+    meta = {"model": cfg.model, "layer": cfg.layer, "pooling": cfg.pooling, "target": cfg.target
+            if cfg.target else f"header field {cfg.label_from_header}", "n_train": int(len(y)),
+            "config": asdict(cfg), "data": str(data_path),
+            "cv": {"folds": cfg.folds, "grouped": data.groups is not None, "mean": cv["mean"],
+                   "std": cv["std"], "per_fold": cv["folds"]}}
+    save_head(head, output, meta)
+    return meta
+
+
+def predict_function(fasta, head_dir, output, model: str | None = None, cache_dir=None,
+                     toks_per_batch: int = 4096, device: str | None = None, loader=None,
+                     progress: bool = True) -> int:
+    """Apply a saved head to every record of a FASTA; write CSV `id,prediction` atomically.
+
+    The model recorded in the head is used unless `model` overrides it (e.g. a moved path).
+    """
+    head, meta = load_head(head_dir)
+    data = load_fasta_labels(fasta, None)
+    x = cached_embeddings(data.sequences, model or meta["model"], meta["layer"], meta["pooling"],
+                          cache_dir or Path(head_dir) / "embedding_cache", toks_per_batch,
+                          device, loader, progress)
+    if x.shape[1] != head.mean_D.shape[0]:
+        raise ValueError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
+                         f"{head.mean_D.shape[0]}; use the model recorded in {head_dir}/head.json")
+    pred = head.predict(x)
+    out = Path(output)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prediction"])
+        for rid, p in zip(data.ids, pred):
+            w.writerow([rid, p if meta["task"] == "classification" else f"{p:.6g}"])
+    os.replace(tmp, out)
+    return len(data.ids)

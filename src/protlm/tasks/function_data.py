@@ -1,0 +1,169 @@
+"""Labelled protein data for function prediction, and the embedding cache.
+
+Inputs: a CSV/TSV with ID, sequence and label columns, or a FASTA whose '|'-separated header
+fields carry the label (`label_field`, 0-based: `0|beta-lactamase_P20P|1.58` -> field 2 = 1.58).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from protlm.alphabet import Alphabet, InvalidSequenceError
+from protlm.data.fasta import open_text, read_fasta
+
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
+
+
+class LabelError(ValueError):
+    """Bad labelled input; the message names the file and the record."""
+
+
+@dataclass
+class LabelledData:
+    ids: list[str]
+    sequences: list[str]
+    labels: list[str]  # raw text; `as_targets` turns them into floats or class names
+    groups: list[str] | None = None
+
+
+def is_fasta(path: str | Path) -> bool:
+    name = str(path).lower().removesuffix(".gz")
+    if name.endswith(FASTA_SUFFIXES):
+        return True
+    if name.endswith((".csv", ".tsv", ".tab", ".txt")):
+        return False
+    with open_text(path) as f:
+        return f.read(1) == ">"
+
+
+def header_field(description: str, index: int, path, rid: str) -> str:
+    """The `index`-th (0-based) '|'-separated field of a FASTA header."""
+    fields = description.split("|")
+    if not -len(fields) <= index < len(fields):
+        raise LabelError(f"{path}: record {rid!r}: header {description!r} has {len(fields)} "
+                         f"'|'-separated fields, no field {index} (0-based)")
+    return fields[index].strip()
+
+
+def load_fasta_labels(path, label_field: int | None, group_field: int | None = None) -> LabelledData:
+    """Records of a FASTA; labels (and groups) from header fields. No label field -> labels ''."""
+    data = LabelledData([], [], [], [] if group_field is not None else None)
+    for rec in read_fasta(path):
+        data.ids.append(rec.id)
+        data.sequences.append(rec.sequence)
+        data.labels.append("" if label_field is None else header_field(rec.description, label_field, path, rec.id))
+        if group_field is not None:
+            data.groups.append(header_field(rec.description, group_field, path, rec.id))
+    return data
+
+
+def load_table(path, target: str | None, id_col: str = "id", seq_col: str = "sequence",
+               group_col: str | None = None) -> LabelledData:
+    """Rows of a CSV (or TSV, by suffix) with an ID, a sequence and (optionally) a label column."""
+    alphabet = Alphabet()
+    delim = "\t" if str(path).lower().removesuffix(".gz").endswith((".tsv", ".tab")) else ","
+    with open_text(path) as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        cols = [c for c in (id_col, seq_col, target, group_col) if c is not None]
+        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise LabelError(f"{path}: missing column(s) {missing}; columns are {reader.fieldnames}")
+        data = LabelledData([], [], [], [] if group_col else None)
+        seen: set[str] = set()
+        for line, row in enumerate(reader, start=2):
+            rid = (row[id_col] or "").strip()
+            if not rid or rid in seen:
+                raise LabelError(f"{path}: line {line}: {'empty' if not rid else 'duplicate'} ID {rid!r}")
+            seen.add(rid)
+            try:
+                seq = alphabet.clean(row[seq_col] or "", rid)
+            except InvalidSequenceError as e:
+                raise LabelError(f"{path}: line {line}: {e}") from None
+            if not seq:
+                raise LabelError(f"{path}: line {line}: record {rid!r} has an empty sequence")
+            data.ids.append(rid)
+            data.sequences.append(seq)
+            data.labels.append((row[target] or "").strip() if target else "")
+            if group_col:
+                data.groups.append((row[group_col] or "").strip())
+    if not data.ids:
+        raise LabelError(f"{path}: no rows")
+    return data
+
+
+def load_labelled(path, target: str | None = None, label_field: int | None = None,
+                  id_col: str = "id", seq_col: str = "sequence", group_col: str | None = None,
+                  group_field: int | None = None) -> LabelledData:
+    """CSV/TSV (by `target` column) or FASTA (by `label_field` header field)."""
+    if is_fasta(path):
+        return load_fasta_labels(path, label_field, group_field)
+    return load_table(path, target, id_col, seq_col, group_col)
+
+
+def as_targets(data: LabelledData, task: str, path="input") -> np.ndarray:
+    """Regression -> float64 array; classification -> array of class names (str)."""
+    for rid, lab in zip(data.ids, data.labels):
+        if lab == "":
+            raise LabelError(f"{path}: record {rid!r} has no label")
+    if task == "classification":
+        return np.array(data.labels, dtype=object)
+    out = np.empty(len(data.labels))
+    for i, (rid, lab) in enumerate(zip(data.ids, data.labels)):
+        try:
+            out[i] = float(lab)
+        except ValueError:
+            raise LabelError(f"{path}: record {rid!r}: label {lab!r} is not a number "
+                             "(regression needs numeric labels)") from None
+        if not np.isfinite(out[i]):
+            raise LabelError(f"{path}: record {rid!r}: label {lab!r} is not finite")
+    return out
+
+
+def sequence_key(seq: str) -> str:
+    return hashlib.sha256(seq.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Pooled vectors keyed by sequence hash, one .npz per (model, layer, pooling).
+
+    Writes go to a temporary file then `os.replace`, so a kill never leaves a broken cache.
+    """
+
+    def __init__(self, cache_dir: str | Path, model_id: str, layer: int, pooling: str):
+        self.dir = Path(cache_dir)
+        ident = json.dumps({"model": model_id, "layer": layer, "pooling": pooling}, sort_keys=True)
+        self.path = self.dir / f"emb_{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
+        self.ident = ident
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            with np.load(self.path) as z:
+                if str(z["ident"]) == ident:
+                    self.vectors = dict(zip(z["keys"].tolist(), z["x"]))
+
+    def missing(self, seqs: Sequence[str]) -> list[str]:
+        """Distinct sequences not yet cached, in first-seen order."""
+        return list(dict.fromkeys(s for s in seqs if sequence_key(s) not in self.vectors))
+
+    def add(self, seqs: Sequence[str], x_ND: np.ndarray) -> None:
+        for s, v in zip(seqs, x_ND):
+            self.vectors[sequence_key(s)] = v
+        self.save()
+
+    def get(self, seqs: Sequence[str]) -> np.ndarray:
+        return np.stack([self.vectors[sequence_key(s)] for s in seqs])
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}.npz")
+        keys = list(self.vectors)
+        np.savez(tmp, ident=np.array(self.ident), keys=np.array(keys),
+                 x=np.stack([self.vectors[k] for k in keys]))
+        os.replace(tmp, self.path)

@@ -1,0 +1,82 @@
+"""Whole-protein vectors from per-token representations (pure functions) and a batched forward.
+
+Token layout (fair-esm): BOS at position 0, residues at 1..n, EOS at n+1, then padding.
+Pooling never looks at EOS or padding, so a vector does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from protlm.alphabet import Alphabet, pad_tokens
+from protlm.data.batching import token_budget_batches
+
+POOLINGS = ("mean", "bos", "max")
+
+
+def residue_mask(lengths_B: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) bool: True at the residue positions 1..n of each row."""
+    pos_T = torch.arange(T, device=lengths_B.device)
+    return (pos_T >= 1) & (pos_T <= lengths_B[:, None])
+
+
+def mean_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, D): mean over residues only (fair-esm's `mean_representations`)."""
+    m_BT = residue_mask(lengths_B, x_BTD.shape[1]).to(x_BTD.dtype)
+    return (x_BTD * m_BT[..., None]).sum(1) / lengths_B[:, None].to(x_BTD.dtype)
+
+
+def bos_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the BOS (<cls>) token's vector."""
+    return x_BTD[:, 0]
+
+
+def max_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, D): per-feature max over residues (BOS/EOS/padding set to -inf first)."""
+    m_BT = residue_mask(lengths_B, x_BTD.shape[1])
+    return x_BTD.masked_fill(~m_BT[..., None], float("-inf")).amax(1)
+
+
+def pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Dispatch to mean_pool / bos_pool / max_pool by name."""
+    fns = {"mean": mean_pool, "bos": bos_pool, "max": max_pool}
+    if how not in fns:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+    return fns[how](x_BTD, lengths_B)
+
+
+def resolve_layer(layer: int, num_layers: int) -> int:
+    """fair-esm numbering: 0 = embeddings, num_layers = last; negatives count from the end."""
+    if not -(num_layers + 1) <= layer <= num_layers:
+        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
+    return (layer + num_layers + 1) % (num_layers + 1)
+
+
+@torch.inference_mode()
+def embed_sequences(model, alphabet: Alphabet, seqs: Sequence[str], layer: int = -1,
+                    pooling: str = "mean", toks_per_batch: int = 4096,
+                    progress: bool = False) -> np.ndarray:
+    """(N, D) float32 pooled vectors, in input order; length-sorted token-budget batches.
+
+    Sequences over the model's limit are truncated to their first `max_sequence_length`
+    residues, as fair-esm's extract.py does (the function heads see whole-protein summaries).
+    """
+    from tqdm import tqdm
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    k = resolve_layer(layer, model.num_layers)
+    max_len = model.config.max_sequence_length
+    seqs = [s[:max_len] for s in seqs]
+    device = next(model.parameters()).device
+    out = np.zeros((len(seqs), model.config.embed_dim), dtype=np.float32)
+    batches = token_budget_batches([len(s) + 2 for s in seqs], toks_per_batch)
+    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
+        tokens_BT = pad_tokens([alphabet.encode(seqs[i]) for i in batch], alphabet).to(device)
+        reps = model(tokens_BT, repr_layers=[k], return_logits=False)["representations"]
+        lens_B = torch.tensor([len(seqs[i]) for i in batch], device=device)
+        out[batch] = pool(reps[k].float(), lens_B, pooling).cpu().numpy()
+    return out

@@ -1,0 +1,241 @@
+"""Zero-shot variant effects from a masked language model (Meier et al. 2021).
+
+Scores are log-probability ratios of mutant vs wild-type residues, from log-softmax over the
+whole vocabulary as in fair-esm's variant-prediction example:
+- masked-marginal: mask every mutated position together, sum log p(mt) - log p(wt) there;
+- wt-marginal: the same ratio read from one unmasked forward pass on the wild type;
+- pseudo-ll: PLL(mutant) - PLL(wt), PLL = sum_i log p(x_i | x with i masked) over the window.
+Proteins over the model's limit are scored in a window of max length centred on the mutations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from protlm.alphabet import Alphabet, pad_tokens
+from protlm.windows import merge_1d, window_spans
+
+METHODS = ("masked-marginal", "wt-marginal", "pseudo-ll")
+_MUT = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
+AAS = set("ACDEFGHIKLMNPQRSTVWYBZXUO")
+
+
+class MutationError(ValueError):
+    """A mutation that cannot be applied; the message names it."""
+
+
+@dataclass(frozen=True)
+class Mutation:
+    pos: int  # 0-based index into the wild-type sequence
+    wt: str
+    mt: str
+
+
+def parse_mutant(mutant: str, wt_seq: str, offset: int = 1) -> tuple[Mutation, ...]:
+    """'H24C' or 'H24C:A42G' -> Mutations; positions counted from `offset` (1 = first residue).
+
+    Raises MutationError naming the mutant on bad syntax, out-of-range positions, a wild-type
+    letter that does not match the sequence, or the same position twice.
+    """
+    muts = []
+    for part in mutant.strip().split(":"):
+        m = _MUT.match(part.strip())
+        if not m:
+            raise MutationError(f"mutant {mutant!r}: cannot parse {part!r} (expected e.g. H24C)")
+        wt, num, mt = m.group(1).upper(), int(m.group(2)), m.group(3).upper()
+        if mt not in AAS or wt not in AAS:
+            raise MutationError(f"mutant {mutant!r}: {part!r} uses a letter that is not an amino acid")
+        pos = num - offset
+        if not 0 <= pos < len(wt_seq):
+            raise MutationError(f"mutant {mutant!r}: position {num} is outside the sequence "
+                                f"({offset}..{len(wt_seq) + offset - 1})")
+        if wt_seq[pos] != wt:
+            raise MutationError(f"mutant {mutant!r}: wild-type letter {wt} at position {num} does "
+                                f"not match the sequence, which has {wt_seq[pos]} there")
+        muts.append(Mutation(pos, wt, mt))
+    if len({m.pos for m in muts}) != len(muts):
+        raise MutationError(f"mutant {mutant!r}: the same position is mutated twice")
+    return tuple(sorted(muts, key=lambda m: m.pos))
+
+
+def apply_mutations(wt_seq: str, muts: Iterable[Mutation]) -> str:
+    s = list(wt_seq)
+    for m in muts:
+        s[m.pos] = m.mt
+    return "".join(s)
+
+
+def centred_window(positions: Sequence[int], length: int, max_len: int) -> tuple[int, int]:
+    """[start, end) of at most max_len residues, centred on the mutated positions."""
+    if length <= max_len:
+        return 0, length
+    lo, hi = min(positions), max(positions)
+    if hi - lo + 1 > max_len:
+        raise MutationError(f"mutated positions {lo + 1}..{hi + 1} span more than the model's "
+                            f"limit of {max_len} residues; they cannot be scored in one window")
+    start = (lo + hi + 1) // 2 - max_len // 2
+    start = min(max(start, 0), length - max_len)
+    return start, start + max_len
+
+
+LogProbFn = Callable[[list[list[int]]], torch.Tensor]
+
+
+def model_log_probs(model, alphabet: Alphabet) -> LogProbFn:
+    """Residue index lists (same length) -> (B, T, V) log-softmax of the LM logits, float32.
+
+    T includes BOS (row 0) and EOS, so residue i of a list sits at row i + 1.
+    """
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def fn(tokens: list[list[int]]) -> torch.Tensor:
+        tokens_BT = pad_tokens(tokens, alphabet).to(device)
+        return torch.log_softmax(model(tokens_BT)["logits"].float(), dim=-1).cpu()
+
+    return fn
+
+
+def _run_batched(jobs: list[list[int]], log_probs: LogProbFn, batch_size: int, bar) -> list[torch.Tensor]:
+    out = []
+    for i in range(0, len(jobs), batch_size):
+        out.extend(log_probs(jobs[i : i + batch_size]).unbind(0))
+        bar.update(len(jobs[i : i + batch_size]))
+    return out
+
+
+def _tokens(alphabet: Alphabet, seq: str, mask_at: Iterable[int] = ()) -> list[int]:
+    """Residue indices with <mask> at `mask_at`; pad_tokens adds BOS/EOS later."""
+    toks = [alphabet.get_idx(c) for c in seq]
+    for p in mask_at:
+        toks[p] = alphabet.mask_idx
+    return toks
+
+
+def _ratio(lp_TV: torch.Tensor, alphabet: Alphabet, muts, row0: int) -> float:
+    """sum over mutations of log p(mt) - log p(wt); residue i sits at row i + row0 of lp_TV."""
+    return sum(float(lp_TV[m.pos + row0, alphabet.get_idx(m.mt)] -
+                     lp_TV[m.pos + row0, alphabet.get_idx(m.wt)]) for m in muts)
+
+
+def masked_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
+                    log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
+    """One forward per distinct set of mutated positions (masked together), batched."""
+    sets = list(dict.fromkeys(tuple(m.pos for m in ms) for ms in mutants))
+    wins = [centred_window(ps, len(wt_seq), max_len) for ps in sets]
+    jobs = [_tokens(alphabet, wt_seq[s:e], [p - s for p in ps]) for ps, (s, e) in zip(sets, wins)]
+    bar.reset(total=len(jobs))
+    lps = dict(zip(sets, zip(_run_batched(jobs, log_probs, batch_size, bar), wins)))
+    out = []
+    for ms in mutants:
+        lp, (s, _) = lps[tuple(m.pos for m in ms)]
+        out.append(_ratio(lp, alphabet, ms, 1 - s))  # BOS first, window starts at s
+    return out
+
+
+def wt_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
+                log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
+    """Log-probs from unmasked wild-type forwards (overlapping windows averaged if long)."""
+    spans = window_spans(len(wt_seq), max_len)
+    bar.reset(total=len(spans))
+    parts = _run_batched([_tokens(alphabet, wt_seq[s:e]) for s, e in spans], log_probs, batch_size, bar)
+    # (n+2, V) per window -> residue rows only, averaged where windows overlap -> (L, V)
+    lp_LV = merge_1d([p[1 : e - s + 1] for p, (s, e) in zip(parts, spans)], spans, len(wt_seq))
+    return [_ratio(lp_LV, alphabet, ms, 0) for ms in mutants]
+
+
+def pseudo_ll(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
+              log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
+    """PLL(mutant) - PLL(wild type) over the scoring window; one forward per masked position."""
+    wins = [centred_window([m.pos for m in ms], len(wt_seq), max_len) for ms in mutants]
+    seqs = [apply_mutations(wt_seq, ms)[s:e] for ms, (s, e) in zip(mutants, wins)]
+    wt_keys = sorted(set(wins))
+    todo = list(dict.fromkeys([wt_seq[s:e] for s, e in wt_keys] + seqs))
+    bar.reset(total=sum(len(s) for s in todo))
+    pll = {s: _pll(s, alphabet, log_probs, batch_size, bar) for s in todo}
+    return [pll[s] - pll[wt_seq[a:b]] for s, (a, b) in zip(seqs, wins)]
+
+
+def _pll(seq: str, alphabet: Alphabet, log_probs: LogProbFn, batch_size: int, bar) -> float:
+    jobs = [_tokens(alphabet, seq, [i]) for i in range(len(seq))]
+    lps = _run_batched(jobs, log_probs, batch_size, bar)
+    return sum(float(lp[i + 1, alphabet.get_idx(c)]) for i, (lp, c) in enumerate(zip(lps, seq)))
+
+
+SCORERS = {"masked-marginal": masked_marginal, "wt-marginal": wt_marginal, "pseudo-ll": pseudo_ll}
+
+
+def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str],
+                  method: str = "masked-marginal", offset: int = 1, batch_size: int = 8,
+                  max_len: int | None = None, progress: bool = False) -> list[float]:
+    """One score per mutant string (higher = predicted more fit than wild type).
+
+    Every mutant is parsed and checked against `wt_seq` before any forward pass.
+    `max_len` defaults to the model's `max_sequence_length`.
+    """
+    from tqdm import tqdm
+
+    if method not in SCORERS:
+        raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+    wt_seq = alphabet.clean(wt_seq, "wild type")
+    parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
+    max_len = max_len or model.config.max_sequence_length
+    with tqdm(desc=method, unit="fwd", disable=not progress) as bar:
+        return SCORERS[method](wt_seq, parsed, alphabet, model_log_probs(model, alphabet),
+                               max_len, batch_size, bar)
+
+
+def read_wild_type(path) -> str:
+    """The single record of a wild-type FASTA (validated)."""
+    from protlm.data.fasta import read_fasta
+
+    records = list(read_fasta(path))
+    if len(records) != 1:
+        raise MutationError(f"{path}: the wild-type FASTA must hold exactly one record, found {len(records)}")
+    return records[0].sequence
+
+
+def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "masked-marginal",
+               column: str | None = None, offset: int = 1, batch_size: int = 8,
+               device: str | None = None, progress: bool = True, loader=None) -> int:
+    """Read the `mutant` column of a CSV/TSV, score every row, write all input columns plus one
+    score column (named after the method unless `column` is given). Atomic: the output appears
+    only when every row is scored. Returns the number of rows."""
+    import csv
+    import os
+    from pathlib import Path
+
+    import protlm
+
+    wt_seq = read_wild_type(wt_fasta)
+    delim = "\t" if str(mutations_csv).lower().endswith((".tsv", ".tab")) else ","
+    with open(mutations_csv, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+        reader = csv.DictReader(f, delimiter=delim)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    if "mutant" not in fields:
+        raise MutationError(f"{mutations_csv}: no 'mutant' column; columns are {fields}")
+    column = column or method
+    if column in fields:
+        raise MutationError(f"{mutations_csv}: already has a column {column!r}; pick --column")
+    for line, row in enumerate(rows, start=2):
+        try:
+            parse_mutant(row["mutant"] or "", wt_seq, offset)
+        except MutationError as e:
+            raise MutationError(f"{mutations_csv}: line {line}: {e}") from None
+    model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
+    model = model.to(device).eval() if device else model.eval()
+    scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
+                           batch_size, progress=progress)
+    out = Path(output)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields + [column], delimiter=delim)
+        w.writeheader()
+        for row, s in zip(rows, scores):
+            w.writerow({**row, column: f"{s:.6g}"})
+    os.replace(tmp, out)
+    return len(rows)

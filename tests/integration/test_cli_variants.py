@@ -1,0 +1,51 @@
+"""`protlm variants score` on a slice of the real BLAT_ECOLX scan with a debug model."""
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+
+from protlm.cli.main import cli
+
+
+@pytest.fixture
+def inputs(tmp_path, shared_data, debug_model):
+    from protlm.pretrained.protlm_format import save_protlm
+
+    save_protlm(debug_model("esm2_debug"), tmp_path / "dbg")
+    # the first record of the function set is the synonymous P20P: the wild type itself
+    fa = (shared_data / "function" / "P62593_beta_lactamase_fitness.fasta").read_text().splitlines()
+    (tmp_path / "wt.fasta").write_text(f">P62593\n{fa[1]}\n")
+    with open(shared_data / "dms" / "BLAT_ECOLX_Ranganathan2015.csv", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    (tmp_path / "muts.csv").write_text("\n".join(lines[:1] + lines[1::400]) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", ["masked-marginal", "wt-marginal"])
+def test_score_keeps_columns_and_adds_one(inputs, method):
+    out = inputs / "scored.csv"
+    r = CliRunner().invoke(cli, ["variants", "score", "--model", str(inputs / "dbg"), "--sequence",
+                                 str(inputs / "wt.fasta"), "--mutations", str(inputs / "muts.csv"),
+                                 "--method", method, "--output", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with open(inputs / "muts.csv") as f:
+        src = list(csv.DictReader(f))
+    with open(out) as f:
+        reader = csv.DictReader(f)
+        got = list(reader)
+    assert reader.fieldnames[-1] == method and len(got) == len(src) == 13
+    assert [g["mutant"] for g in got] == [s["mutant"] for s in src]
+    assert got[0]["2500"] == src[0]["2500"]
+    assert all(float(g[method]) == float(g[method]) for g in got)
+
+
+def test_wrong_wild_type_letter_names_the_mutant(inputs):
+    (inputs / "bad.csv").write_text("mutant\nH24C\nA24C\n")
+    out = inputs / "scored.csv"
+    r = CliRunner().invoke(cli, ["variants", "score", "--model", str(inputs / "dbg"), "--sequence",
+                                 str(inputs / "wt.fasta"), "--mutations", str(inputs / "bad.csv"),
+                                 "--output", str(out)])
+    assert r.exit_code == 1
+    assert "line 3: mutant 'A24C': wild-type letter A at position 24" in r.output
+    assert not out.exists()

@@ -1,0 +1,120 @@
+"""Mutation parsing and the three zero-shot scores, checked against hand computation."""
+
+import pytest
+import torch
+
+from protlm.alphabet import pad_tokens
+from protlm.tasks.variants import (Mutation, MutationError, apply_mutations, centred_window,
+                                   parse_mutant, score_mutants)
+
+WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIE"
+
+
+def test_parse_single_and_multi():
+    assert parse_mutant("K2C", WT) == (Mutation(1, "K", "C"),)
+    assert parse_mutant("A4G:K2C", WT) == (Mutation(1, "K", "C"), Mutation(3, "A", "G"))
+    assert parse_mutant("K1C", WT, offset=0) == (Mutation(1, "K", "C"),)
+    assert apply_mutations(WT, parse_mutant("M1A:K2C", WT)).startswith("ACTA")
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("H2C", r"'H2C'.*wild-type letter H at position 2.*has K"),
+    ("K99C", r"'K99C'.*position 99 is outside"),
+    ("K0C", "outside"),
+    ("K2C:K2D", "same position"),
+    ("2C", "cannot parse"),
+    ("K2J", "not an amino acid"),
+])
+def test_parse_errors_name_the_mutant(bad, msg):
+    with pytest.raises(MutationError, match=msg):
+        parse_mutant(bad, WT)
+
+
+def test_centred_window():
+    assert centred_window([5], 10, 20) == (0, 10)
+    assert centred_window([50], 100, 20) == (40, 60)
+    assert centred_window([2], 100, 20) == (0, 20)
+    assert centred_window([98], 100, 20) == (80, 100)
+    with pytest.raises(MutationError, match="span"):
+        centred_window([0, 50], 100, 20)
+
+
+def _log_probs(model, seq, mask=()):
+    a = model.alphabet
+    toks = pad_tokens([a.encode(seq)], a)
+    for p in mask:
+        toks[0, p + 1] = a.mask_idx
+    with torch.no_grad():
+        return torch.log_softmax(model(toks)["logits"][0], -1)
+
+
+def test_masked_marginal_by_hand(debug_model):
+    model = debug_model("esm2_debug")
+    a = model.alphabet
+    got = score_mutants(model, a, WT, ["K2C", "K2C:A4G", "Y5Y"], "masked-marginal", batch_size=2)
+    lp = _log_probs(model, WT, [1])
+    assert got[0] == pytest.approx(float(lp[2, a.get_idx("C")] - lp[2, a.get_idx("K")]), abs=1e-5)
+    lp = _log_probs(model, WT, [1, 3])  # positions of one multiple mutant are masked together
+    want = lp[2, a.get_idx("C")] - lp[2, a.get_idx("K")] + lp[4, a.get_idx("G")] - lp[4, a.get_idx("A")]
+    assert got[1] == pytest.approx(float(want), abs=1e-5)
+    assert got[2] == 0.0
+
+
+def test_wt_marginal_by_hand(debug_model):
+    model = debug_model("esm1b_debug")
+    a = model.alphabet
+    got = score_mutants(model, a, WT, ["K2C:A4G"], "wt-marginal")
+    lp = _log_probs(model, WT)
+    want = lp[2, a.get_idx("C")] - lp[2, a.get_idx("K")] + lp[4, a.get_idx("G")] - lp[4, a.get_idx("A")]
+    assert got[0] == pytest.approx(float(want), abs=1e-5)
+
+
+def test_pseudo_ll_by_hand(debug_model):
+    model = debug_model("esm2_debug")
+    a = model.alphabet
+    wt = WT[:8]
+
+    def pll(s):
+        return sum(float(_log_probs(model, s, [i])[i + 1, a.get_idx(c)]) for i, c in enumerate(s))
+
+    got = score_mutants(model, a, wt, ["K2C:A4G", "M1M"], "pseudo-ll", batch_size=3)
+    assert got[0] == pytest.approx(pll("MCTGYIAK") - pll(wt), abs=1e-4)
+    assert got[1] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["masked-marginal", "pseudo-ll"])
+def test_long_protein_scored_in_centred_window(debug_model, method):
+    model = debug_model("esm2_debug")
+    a = model.alphabet
+    long_wt = WT * 2  # 62 residues, scored with a 20-residue limit
+    got = score_mutants(model, a, long_wt, ["K33A", "M1A"], method, max_len=20)
+    # K33 (index 32): window [22, 42), where it is residue 11 -> mutant "K11A" there
+    s, e = centred_window([32], len(long_wt), 20)
+    assert (s, e) == (22, 42)
+    want = score_mutants(model, a, long_wt[s:e], ["K11A"], method)
+    assert got[0] == pytest.approx(want[0], abs=1e-5)
+    want = score_mutants(model, a, long_wt[:20], ["M1A"], method)
+    assert got[1] == pytest.approx(want[0], abs=1e-5)
+
+
+def test_wt_marginal_windows_average_overlaps(debug_model):
+    model = debug_model("esm2_debug")
+    a = model.alphabet
+    full = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal")
+    same = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal", max_len=len(WT))
+    assert full == same
+    windowed = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal", max_len=16)
+    # K2 lies only in the first window [0, 16): its score is that window's
+    assert windowed[0] == pytest.approx(score_mutants(model, a, WT[:16], ["K2C"], "wt-marginal")[0], abs=1e-5)
+    assert all(abs(x) < 1e3 for x in windowed)
+
+
+def test_bad_mutant_fails_before_any_forward(debug_model):
+    model = debug_model("esm2_debug")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("forward ran")
+
+    model.forward = boom
+    with pytest.raises(MutationError, match="'A2C'"):
+        score_mutants(model, model.alphabet, WT, ["K2C", "A2C"])
