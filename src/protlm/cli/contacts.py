@@ -1,0 +1,107 @@
+"""`protlm contacts predict | fit | eval`: thin wrappers over protlm.contacts.pipeline."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+HEADS = ["attention", "bilinear"]
+
+
+def _errors(fn):
+    """Known input errors -> a clean message and exit status 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from protlm.alphabet import InvalidSequenceError
+        from protlm.contacts.structures import StructureError
+        from protlm.data.fasta import FastaError
+
+        try:
+            return fn(*args, **kwargs)
+        except (StructureError, FastaError, InvalidSequenceError, FileNotFoundError, ValueError, KeyError) as e:
+            raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    return wrapper
+
+
+@click.group()
+def command():
+    """Contact maps: predict, fit a head on structures, evaluate precision."""
+
+
+_model = click.option("--model", "model_name", required=True, help="published name or checkpoint path")
+_head = click.option("--head", type=click.Choice(HEADS), default="attention", show_default=True)
+_weights = click.option("--head-weights", type=click.Path(exists=True), default=None,
+                        help="regression file (.pt/.safetensors) or bilinear head folder; "
+                             "default: the one inside the model folder")
+
+
+@command.command()
+@click.argument("fasta", type=click.Path(exists=True, dir_okay=False))
+@_model
+@_head
+@_weights
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="folder for <id>.npy and <id>.png")
+@click.option("--structure", default=None, help="FILE[:CHAIN]: draw its true contacts over the prediction")
+@_errors
+def predict(fasta, model_name, head, head_weights, output, structure):
+    """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
+    from protlm.contacts import pipeline
+    from protlm.data.fasta import load_fasta
+
+    model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
+    records = load_fasta(fasta, alphabet)  # validated before any output is written
+    truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
+    for path in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear, truth):
+        click.echo(str(path))
+
+
+@command.command()
+@_model
+@_head
+@click.option("--structures", required=True, multiple=True,
+              help="folder of structures, or FILE[:CHAIN] (repeatable)")
+@click.option("--output", "-o", required=True, type=click.Path(),
+              help="attention: .pt/.safetensors file or model folder; bilinear: folder")
+@click.option("--C", "C", type=float, default=0.15, show_default=True, help="attention: inverse L1 strength")
+@click.option("--proj-dim", type=int, default=128, show_default=True, help="bilinear: k")
+@click.option("--epochs", type=int, default=200, show_default=True, help="bilinear: full-batch steps")
+@_errors
+def fit(model_name, head, structures, output, C, proj_dim, epochs):
+    """Train a contact head on structures with the language model frozen."""
+    from protlm.contacts import pipeline
+    from protlm.contacts.bilinear import BilinearTrainConfig, save_bilinear
+    from protlm.contacts.fit import save_regression
+
+    model, alphabet, _ = pipeline.load_for_contacts(model_name)
+    chains = pipeline.chains_from_specs(structures, alphabet)
+    if head == "attention":
+        path = save_regression(*pipeline.fit_attention_head(model, alphabet, chains, C=C), output)
+    else:
+        cfg = BilinearTrainConfig(proj_dim=proj_dim, epochs=epochs)
+        path = save_bilinear(pipeline.fit_bilinear_head(model, alphabet, chains, cfg, model_name), output)
+    click.echo(f"fitted {head} head on {len(chains)} chains -> {path}")
+
+
+@command.command(name="eval")
+@_model
+@_head
+@_weights
+@click.option("--structures", required=True, multiple=True,
+              help="folder of structures, or FILE[:CHAIN] (repeatable)")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="default: stdout")
+@_errors
+def evaluate(model_name, head, head_weights, structures, fmt, output):
+    """Precision at L, L/2, L/5 for short, medium and long range, per protein and averaged."""
+    from protlm.contacts import pipeline
+
+    model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
+    chains = pipeline.chains_from_specs(structures, alphabet)
+    table = pipeline.evaluate(model, alphabet, chains, bilinear)
+    text = table.to_markdown() if fmt == "markdown" else table.to_csv()
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,146 @@
+"""The library behind `protlm contacts`: fit heads on structures, evaluate, predict FASTA files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from protlm.alphabet import Alphabet
+from protlm.contacts.bilinear import BilinearContactHead, BilinearTrainConfig, load_bilinear, train_bilinear
+from protlm.contacts.fit import fit_regression, pair_dataset
+from protlm.contacts.metrics import PrecisionTable, contact_precisions
+from protlm.contacts.predict import attention_features, predict_contacts, representations
+from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
+from protlm.models.esm import ESM
+
+
+def load_structures(specs: Sequence[str | Path], alphabet: Alphabet) -> list[ChainStructure]:
+    """Chains from 'FILE[:CHAIN]' specs, sequences checked against the model's alphabet."""
+    chains = []
+    for spec in specs:
+        chain = load_chain(*split_spec(str(spec)))
+        alphabet.clean(chain.sequence, record=f"{chain.source}:{chain.chain}")
+        chains.append(chain)
+    return chains
+
+
+def protein_chains(files: Sequence[Path], alphabet: Alphabet, skip_non_protein: bool = True) -> list[ChainStructure]:
+    """The first protein chain of each file; files with no protein chain are skipped when asked."""
+    out = []
+    for f in files:
+        try:
+            out.extend(load_structures([f], alphabet))
+        except StructureError as e:
+            if not (skip_non_protein and "no protein chain" in str(e)):
+                raise
+    return out
+
+
+def fit_attention_head(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure], C: float = 0.15):
+    """(weight (1, X), bias (1,)) fitted on every chain's valid pairs."""
+    xs, ys = zip(*(pair_dataset(attention_features(model, alphabet, c.sequence), c.contacts()) for c in chains))
+    return fit_regression(np.concatenate(xs), np.concatenate(ys), C=C)
+
+
+def fit_bilinear_head(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure],
+                      cfg: BilinearTrainConfig = BilinearTrainConfig(), model_name: str = "") -> BilinearContactHead:
+    reps = [representations(model, alphabet, c.sequence, -1) for c in chains]
+    return train_bilinear(reps, [c.contacts() for c in chains], cfg, layer=-1, model_name=model_name)
+
+
+def chain_label(chain: ChainStructure) -> str:
+    return f"{Path(chain.source).name.split('.')[0]}:{chain.chain}"
+
+
+def evaluate(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure],
+             head: BilinearContactHead | None = None) -> PrecisionTable:
+    """Per-protein precisions (short/medium/long x L, L/2, L/5) of the chosen head."""
+    rows = {}
+    for c in chains:
+        pred_LL = predict_contacts(model, alphabet, c.sequence, head)
+        rows[chain_label(c)] = {"L": len(c.sequence), **contact_precisions(pred_LL, c.contacts())}
+    return PrecisionTable(rows)
+
+
+def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactHead:
+    """The bilinear head at `head_path`, else the one saved beside (inside) the model folder."""
+    if head_path is None:
+        if not Path(model_path).is_dir():
+            raise FileNotFoundError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
+        head_path = Path(model_path) / "bilinear_contact"
+    return load_bilinear(head_path)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    os.close(fd)
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
+                  head: BilinearContactHead | None = None, truth: ChainStructure | None = None
+                  ) -> Iterator[Path]:
+    """Write `<id>.npy` (L x L float32) and `<id>.png` per record; yields each npy path.
+
+    With `truth`, its true contacts are drawn over every record whose sequence is the chain's.
+    """
+    from protlm.contacts.plot import plot_contact_map
+
+    output.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        pred_LL = predict_contacts(model, alphabet, rec.sequence, head).astype(np.float32)
+        true_LL = None
+        if truth is not None:
+            if truth.sequence != rec.sequence:
+                raise ValueError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
+                                 f"{truth.source}:{truth.chain} (L={len(truth.sequence)})")
+            true_LL = truth.contacts()
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
+        _save_npy(output / f"{stem}.npy", pred_LL)
+        plot_contact_map(pred_LL, output / f"{stem}.png", title=rec.id, true_LL=true_LL)
+        yield output / f"{stem}.npy"
+
+
+def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None):
+    """(model, alphabet, bilinear head or None) ready to predict with the chosen head.
+
+    Attention head: regression from `head_weights` if given, else `contact_regression.safetensors`
+    in a protlm model folder if present, else whatever the checkpoint carries.
+    """
+    import warnings
+
+    from protlm import load_model_and_alphabet
+    from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "uncalibrated" warning: the regression may come next
+        model, alphabet = load_model_and_alphabet(model_name)
+    if head == "bilinear":
+        return model, alphabet, resolve_bilinear(model_name, head_weights)
+    beside = Path(model_name) / REGRESSION_FILE
+    if head_weights is not None:
+        load_contact_regression(model, head_weights)
+    elif beside.is_file():
+        load_contact_regression(model, beside)
+    return model, alphabet, None
+
+
+def chains_from_specs(specs: Sequence[str], alphabet: Alphabet) -> list[ChainStructure]:
+    """Folders give the first protein chain of each file (non-protein files skipped); FILE[:CHAIN]
+    specs give that chain."""
+    chains = []
+    for spec in specs:
+        if Path(spec).is_dir():
+            from protlm.contacts.structures import structure_files
+
+            chains.extend(protein_chains(structure_files(spec), alphabet))
+        else:
+            chains.extend(load_structures([spec], alphabet))
+    if not chains:
+        raise StructureError(f"no protein chains in {list(specs)}")
+    return chains

@@ -1,0 +1,47 @@
+"""Pictures of contact maps (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
+                     true_LL: np.ndarray | None = None, top_k: int | None = None) -> Path:
+    """Save the predicted map as a PNG; with `true_LL` (1/0/-1) true contacts are drawn over it.
+
+    True contacts (|i-j| >= 6) are shown as open circles on the lower triangle and the top-L
+    predicted pairs as dots on the upper one, the layout of the ESM papers' figures.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    L = pred_LL.shape[0]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.imshow(pred_LL, cmap="Blues", vmin=0, vmax=max(float(np.nanmax(pred_LL)), 1e-6), origin="upper")
+    if true_LL is not None:
+        i, j = np.nonzero((true_LL == 1) & (np.abs(np.subtract.outer(np.arange(L), np.arange(L))) >= 6))
+        low = i > j
+        ax.scatter(j[low], i[low], s=6, facecolors="none", edgecolors="grey", linewidths=0.5, label="true contact")
+        k = top_k or L
+        iu, ju = np.triu_indices(L, 6)
+        order = np.argsort(-pred_LL[iu, ju], kind="stable")[:k]
+        hit = true_LL[iu[order], ju[order]] == 1
+        ax.scatter(ju[order][hit], iu[order][hit], s=4, c="tab:blue", label="top-L, correct")
+        ax.scatter(ju[order][~hit], iu[order][~hit], s=4, c="tab:red", label="top-L, wrong")
+        ax.legend(loc="lower left", fontsize=6, markerscale=2)
+    ax.set_title(title or f"predicted contacts (L={L})", fontsize=9)
+    ax.set_xlabel("residue j")
+    ax.set_ylabel("residue i")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
