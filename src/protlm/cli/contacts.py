@@ -51,7 +51,7 @@ def predict(fasta, model_name, head, head_weights, output, structure):
     from protlm.data.fasta import load_fasta
 
     model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
-    records = load_fasta(fasta, alphabet)  # validated before any output is written
+    records = load_fasta(fasta, alphabet=alphabet)  # validated before any output is written
     truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
     for path in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear, truth):
         click.echo(str(path))

@@ -1,0 +1,94 @@
+"""`protlm contacts predict | fit | eval` end to end on real structures with a debug model."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from protlm.cli.main import cli
+from protlm.contacts.structures import load_chain
+from protlm.pretrained.protlm_format import save_protlm
+
+NAMES = ("1l2y", "2axd", "4gxy")  # 4gxy is RNA only: skipped in folders
+
+
+@pytest.fixture(scope="module")
+def setup(shared_data, tmp_path_factory):
+    from protlm import build_model
+    from protlm.pretrained.registry import DEBUG_CONFIGS
+
+    root = tmp_path_factory.mktemp("contacts_cli")
+    torch.manual_seed(0)
+    model_dir = save_protlm(build_model(DEBUG_CONFIGS["esm2_debug"]), root / "model")
+    structs = root / "structs"
+    structs.mkdir()
+    for n in NAMES:
+        shutil.copy(shared_data / "structures" / f"{n}.cif", structs)
+    chains = [load_chain(structs / f"{n}.cif") for n in NAMES[:2]]
+    fasta = root / "in.fasta"
+    fasta.write_text("".join(f">{n}\n{c.sequence}\n" for n, c in zip(NAMES, chains)))
+    return root, model_dir, structs, fasta
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["contacts", *map(str, args)], catch_exceptions=False)
+
+
+def test_fit_then_predict_and_eval(setup):
+    root, model_dir, structs, fasta = setup
+    r = _run("fit", "--model", model_dir, "--structures", structs, "--output", model_dir, "--C", "1e4")
+    assert r.exit_code == 0, r.output
+    assert "2 chains" in r.output and (model_dir / "contact_regression.safetensors").is_file()
+    r = _run("fit", "--model", model_dir, "--head", "bilinear", "--structures", structs,
+             "--output", model_dir / "bilinear_contact", "--epochs", "3", "--proj-dim", "8")
+    assert r.exit_code == 0, r.output
+
+    for head in ("attention", "bilinear"):
+        out = root / f"pred_{head}"
+        r = _run("predict", fasta, "--model", model_dir, "--head", head, "--output", out)
+        assert r.exit_code == 0, r.output
+        m = np.load(out / "1l2y.npy")
+        assert m.shape == (20, 20) and m.dtype == np.float32
+        assert (out / "1l2y.png").read_bytes()[:4] == b"\x89PNG" and (out / "2axd.png").is_file()
+
+    r = _run("eval", "--model", model_dir, "--structures", structs)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("| protein | L | short P@L") and "| 1l2y:A | 20 |" in r.output
+    assert "**mean (2)**" in lines[-1]
+    csv = root / "eval.csv"
+    r = _run("eval", "--model", model_dir, "--head", "bilinear", "--structures", structs / "2axd.cif",
+             "--format", "csv", "--output", csv)
+    assert r.exit_code == 0, r.output
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("protein,L,") and rows[1].startswith("2axd:S,76,") and rows[2].startswith("mean,,")
+
+
+def test_predict_with_structure_overlay(setup):
+    root, model_dir, structs, fasta = setup
+    one = root / "one.fasta"
+    one.write_text(">trp\n" + load_chain(structs / "1l2y.cif").sequence + "\n")
+    r = _run("predict", one, "--model", model_dir, "--output", root / "overlay",
+             "--structure", f"{structs / '1l2y.cif'}:A")
+    assert r.exit_code == 0, r.output
+    assert (root / "overlay" / "trp.png").is_file()
+    r = _run("predict", fasta, "--model", model_dir, "--output", root / "overlay2",
+             "--structure", structs / "1l2y.cif")
+    assert r.exit_code != 0 and "2axd" in r.output  # second record is not the structure's sequence
+
+
+def test_bad_inputs_exit_nonzero_with_names(setup):
+    root, model_dir, structs, fasta = setup
+    r = _run("eval", "--model", model_dir, "--structures", f"{structs / '2axd.cif'}:Q")
+    assert r.exit_code == 1 and "2axd.cif" in r.output and "'Q'" in r.output
+    r = _run("eval", "--model", model_dir, "--structures", structs / "4gxy.cif")
+    assert r.exit_code == 1 and "no protein chain" in r.output
+    bad = root / "bad.fasta"
+    bad.write_text(">ok\nACDE\n>broken\nAC1DE\n")
+    r = _run("predict", bad, "--model", model_dir, "--output", root / "bad_out")
+    assert r.exit_code == 1 and "broken" in r.output
+    assert not (root / "bad_out").exists() or not any((root / "bad_out").iterdir())  # nothing written
+    r = _run("predict", fasta, "--model", root / "missing_model", "--output", root / "x")
+    assert r.exit_code == 1
