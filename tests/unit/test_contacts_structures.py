@@ -78,3 +78,17 @@ def test_bad_inputs_name_file_and_chain(shared_data, tmp_path):
 def test_structure_files_sorted(shared_data):
     files = structure_files(shared_data / "structures")
     assert len(files) == 22 and files == sorted(files)
+
+
+def test_pdb_format_gives_the_same_chain(shared_data, tmp_path):
+    import gemmi
+
+    src = shared_data / "structures" / "5zng.cif"  # has unobserved residues: SEQRES alignment matters
+    st = gemmi.read_structure(str(src))
+    st.setup_entities()
+    pdb = tmp_path / "5zng.pdb"
+    st.write_pdb(str(pdb))
+    a, b = load_chain(src), load_chain(pdb)
+    assert a.sequence == b.sequence and a.chain == b.chain
+    np.testing.assert_array_equal(a.observed, b.observed)
+    np.testing.assert_allclose(a.coords_L3[a.observed], b.coords_L3[b.observed], atol=1e-3)
