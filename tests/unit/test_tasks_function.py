@@ -137,3 +137,26 @@ def test_fit_and_predict_classification_csv(tmp_path, debug_model):
     (tmp_path / "q.fasta").write_text(">q1\nDEKRDEKRDEKR\n>q2\nAVLIAVLIAVLI\n")
     predict_function(tmp_path / "q.fasta", tmp_path / "head", tmp_path / "p.csv", loader=loader, progress=False)
     assert (tmp_path / "p.csv").read_text().splitlines() == ["id,prediction", "q1,charged", "q2,hydrophobic"]
+
+
+def test_cache_keeps_finished_chunks_after_a_crash(tmp_path, debug_model, monkeypatch):
+    from protlm.tasks import function
+
+    model = debug_model()
+    real = function.embed_sequences
+    calls = []
+
+    def flaky(m, a, seqs, *args):
+        calls.append(list(seqs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed during the second chunk
+        return real(m, a, seqs, *args)
+
+    monkeypatch.setattr(function, "embed_sequences", flaky)
+    seqs = ["MKV", "GGSA", "MKLV", "PPW"]
+    with pytest.raises(KeyboardInterrupt):
+        cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
+                          progress=False, chunk=2)
+    cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
+                      progress=False, chunk=2)
+    assert calls == [["MKV", "GGSA"], ["MKLV", "PPW"], ["MKLV", "PPW"]]  # only the lost chunk is redone

@@ -73,14 +73,17 @@ def _load_model(name: str, device: str | None, loader=None):
 
 def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str, cache_dir,
                       toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, chunk: int = 512) -> np.ndarray:
     """(N, D) pooled vectors; only sequences missing from the cache are run through the model
     (the model is not even loaded when every sequence is cached)."""
     cache = EmbeddingCache(cache_dir, model_identity(model_name), layer, pooling)
     todo = cache.missing(seqs)
     if todo:
         model, alphabet = _load_model(model_name, device, loader)
-        cache.add(todo, embed_sequences(model, alphabet, todo, layer, pooling, toks_per_batch, progress))
+        # saved every `chunk` sequences: a killed run resumes from the last saved chunk
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            cache.add(part, embed_sequences(model, alphabet, part, layer, pooling, toks_per_batch, progress))
     return cache.get(seqs)
 
 
