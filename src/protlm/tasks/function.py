@@ -126,10 +126,10 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
 
     Returns the saved metadata (CV metrics under 'cv'). All input errors come before compute.
     """
-    data = load_labelled(data_path, cfg.target, cfg.label_from_header, cfg.id_column,
-                         cfg.sequence_column, cfg.group, cfg.group_from_header)
     if cfg.target is None and cfg.label_from_header is None:
         raise ValueError("give --target COLUMN (CSV/TSV) or --label-from-header FIELD (FASTA)")
+    data = load_labelled(data_path, cfg.target, cfg.label_from_header, cfg.id_column,
+                         cfg.sequence_column, cfg.group, cfg.group_from_header)
     y = as_targets(data, cfg.task, data_path)
     heads._estimator(cfg.head_kind, cfg.task, cfg.seed)  # head/task mismatch fails before compute
     folds = evaluate.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
