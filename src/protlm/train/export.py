@@ -19,3 +19,22 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype = to
     meta = read_protlm_config(ckpt)
     keep = {k: v for k, v in meta.items() if k not in ("format", "version", "model")}
     return save_protlm(model, out, dtype=None, extra={**keep, **(extra or {})})
+
+
+def main(argv=None):
+    """python -m protlm.train.export CHECKPOINT OUT_DIR [--dtype fp16|bf16|fp32]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Export a training checkpoint as a compact protlm folder.")
+    ap.add_argument("checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    args = ap.parse_args(argv)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    out = export_checkpoint(args.checkpoint, args.out, dtype, extra={"exported_from": Path(args.checkpoint).name})
+    size = sum(f.stat().st_size for f in Path(out).iterdir())
+    print(f"{out}: {size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

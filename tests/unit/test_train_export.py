@@ -1,0 +1,48 @@
+import json
+
+import pytest
+import torch
+
+import protlm
+from protlm.models.layers import init_weights
+from protlm.pretrained.protlm_format import save_protlm
+from protlm.pretrained.registry import get
+from protlm.train.export import export_checkpoint
+
+
+def test_fp16_export_keeps_rotary_buffers_exact(tmp_path, debug_model):
+    model = debug_model("esm2_debug")
+    init_weights(model)
+    save_protlm(model, tmp_path / "ckpt", extra={"step": 7, "training_config": {"x": 1}})
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "out", torch.float16)
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["step"] == 7 and meta["training_config"] == {"x": 1}
+    loaded, _ = protlm.load_model_and_alphabet(tmp_path / "out")
+    for name, p in model.named_parameters():
+        assert torch.equal(loaded.get_parameter(name), p.detach().half().float()), name
+    for name, b in model.named_buffers():
+        assert torch.equal(loaded.get_buffer(name), b), name
+
+
+def test_shipped_protlm_small_loads_offline(monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model, alphabet = protlm.load_model_and_alphabet("protlm_small")
+    entry = get("protlm_small")
+    assert model.config == entry.config
+    from protlm.pretrained.load import packaged_root
+
+    weights = packaged_root() / "protlm_small" / "model.safetensors"
+    assert weights.stat().st_size <= 20e6
+    meta = json.loads((packaged_root() / "protlm_small" / "config.json").read_text())
+    assert meta["training_config"]["model"]["num_layers"] == 6  # the config that produced it
+    # it predicts masked residues better than chance on a real protein
+    seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAG"
+    tokens = torch.tensor([[alphabet.cls_idx, *alphabet.encode(seq), alphabet.eos_idx]])
+    with torch.no_grad():
+        logits = model(tokens)["logits"]
+    assert logits.shape == (1, len(seq) + 2, 33) and torch.isfinite(logits).all()
