@@ -55,6 +55,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=None, help="default: ESM-1b's 33")
     p.add_argument("--length", type=int, default=1022)
+    p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -63,7 +64,7 @@ def main(argv=None):
         print(json.dumps(worker(*args.worker, args.layers, args.length)))
         return
     rows = []
-    for impl in IMPLS:
+    for impl in args.impls.split(","):
         for mode in MODES:
             cmd = [sys.executable, __file__, "--worker", impl, mode, "--length", str(args.length)] + extra
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -220,9 +220,12 @@ def time_interleaved(fns: dict[str, callable], repeats: int, warmup: bool = True
             fn()
         for _ in range(repeats):
             for k, fn in fns.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[k].append(time.perf_counter() - t0)
+                # CPU seconds of this process (all threads): less sensitive than wall time to
+                # other jobs on a shared machine, though still slowed by their cache/memory use
+                times.setdefault(f"{k} cpu", []).append(time.process_time() - c0)
     return times
 
 
@@ -286,6 +289,12 @@ def report(res: dict) -> str:
                   "|---|---|---|---|---|"]
         ref = statistics.median(res["times"][sc]["fair-esm"]) if "fair-esm" in res["times"][sc] else None
         for impl, ts in res["times"][sc].items():
+            if impl.endswith(" cpu"):
+                ref_cpu = res["times"][sc].get("fair-esm cpu")
+                ratio = f"{statistics.median(ref_cpu) / statistics.median(ts):.2f}x" if ref_cpu else "-"
+                lines.append(f"| {impl} (CPU s) | {statistics.median(ts):.3f} | "
+                             f"{res['residues'][sc] / statistics.median(ts):.0f} per CPU-s | {ratio} | |")
+                continue
             med = statistics.median(ts)
             ratio = f"{ref / med:.2f}x" if ref else "-"
             mem = res["memory"].get(sc, {}).get(impl, {}).get("delta_mib")
@@ -295,6 +304,7 @@ def report(res: dict) -> str:
         lines += ["", "contacts overhead over a plain forward (median times):"]
         for impl in res["times"]["contacts"]:
             c, p = (statistics.median(res["times"][s][impl]) for s in ("contacts", "single"))
+            impl = impl.replace(" cpu", " (CPU time)")
             lines.append(f"- {impl}: +{100 * (c / p - 1):.0f}%")
     lines += ["", "max abs diff to fair-esm: " + ", ".join(f"{k} {v:.2e}" for k, v in res["agreement"].items())]
     return "\n".join(lines)
