@@ -55,6 +55,23 @@ def read_dms(path: Path = DMS, target: str = "2500") -> tuple[list[str], np.ndar
     return [r["mutant"] for r in rows], np.array([float(r[target]) for r in rows])
 
 
+REFERENCE_COLUMNS = ("mutation_effect_prediction_vae_ensemble", "mutation_effect_prediction_pairwise",
+                     "mutation_effect_prediction_independent")
+
+
+def reference_spearman(path: Path = DMS, target: str = "2500") -> dict[str, dict]:
+    """Spearman of the MSA-based predictions shipped in the DMS file (DeepSequence VAE ensemble,
+    EVmutation pairwise, independent-site model), over the rows where they are present."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for col in REFERENCE_COLUMNS:
+        ok = [r for r in rows if r[col] not in ("", "nan") and r[target] not in ("", "nan")]
+        out[col] = {"n": len(ok), "spearman": float(spearmanr([float(r[col]) for r in ok],
+                                                              [float(r[target]) for r in ok])[0])}
+    return out
+
+
 def check_numbering(wt: str, mutants: list[str]) -> int:
     bad = [m for m in mutants for part in m.split(":")
            if wt[int(part[1:-1]) - 1] != part[0]]
@@ -74,6 +91,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wt-out", default=None, help="also write the derived wild type as FASTA here")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--references-only", action="store_true",
+                   help="only check the wild type and print the MSA-based reference correlations")
     args = p.parse_args(argv)
 
     wt = derive_wild_type()
@@ -82,6 +101,11 @@ def main(argv=None):
           "letters match (1-based UniProt numbering)", flush=True)
     if args.wt_out:
         Path(args.wt_out).write_text(f">P62593 TEM-1 beta-lactamase (consensus of the function set)\n{wt}\n")
+    refs = reference_spearman(target=args.target)
+    for col, r in refs.items():
+        print(f"reference {col}: n {r['n']}, spearman {r['spearman']:.3f}", flush=True)
+    if args.references_only:
+        return
     model, alphabet = protlm.load_model_and_alphabet(args.model)
     subset = np.sort(np.random.default_rng(args.seed).choice(len(mutants), args.pll_subset, replace=False))
     rows = []
@@ -98,7 +122,8 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "wt_length": len(wt),
-                                              "n_mutants": len(mutants), "rows": rows}, indent=2))
+                                              "n_mutants": len(mutants), "references": refs,
+                                              "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

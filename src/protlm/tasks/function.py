@@ -53,8 +53,19 @@ class FitConfig:
 
 
 def model_identity(name_or_path: str) -> str:
-    """Cache key part for a model: published name, or absolute path + modification time."""
+    """Cache key part for a model: published name, or absolute path + newest modification time.
+
+    Packaged weights (e.g. 'protlm_small') are keyed by their folder, so a new release of the
+    shipped weights does not reuse vectors from the old one.
+    """
+    from protlm.pretrained import registry
+    from protlm.pretrained.load import packaged_root
+
     p = Path(name_or_path)
+    entry = registry.REGISTRY.get(str(name_or_path))
+    if not p.exists() and entry is not None and entry.packaged:
+        p = Path(str(packaged_root() / entry.packaged))
+        return f"{name_or_path}:{model_identity(str(p)) if p.exists() else 'missing'}"
     if p.exists():
         files = [p, *p.glob("*")] if p.is_dir() else [p]
         newest = max(f.stat().st_mtime for f in files)
@@ -139,7 +150,7 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
     fit = lambda xs, ys: heads.fit_head(xs, ys, cfg.head_kind, cfg.task, cfg.seed)  # noqa: E731
     cv = evaluate.cross_validate(x, y, cfg.task, fit, folds)
     head = fit(x, y)
-    meta = {"model": cfg.model, "layer": cfg.layer, "pooling": cfg.pooling, "target": cfg.target
+    meta = {"model": cfg.model, "model_identity": model_identity(cfg.model), "layer": cfg.layer, "pooling": cfg.pooling, "target": cfg.target
             if cfg.target else f"header field {cfg.label_from_header}", "n_train": int(len(y)),
             "config": asdict(cfg), "data": str(data_path),
             "cv": {"folds": cfg.folds, "grouped": data.groups is not None, "mean": cv["mean"],
