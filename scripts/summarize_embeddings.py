@@ -9,7 +9,7 @@ import numpy as np
 def main(path: str) -> None:
     with h5py.File(path, "r") as f:
         ids = list(f.keys())
-        print(f"{path}: {len(ids)} records, model={f.attrs.get('model')}, layers={list(f.attrs.get('layers', []))}")
+        print(f"{path}: {len(ids)} records, model={f.attrs.get('model')}, layers={[int(x) for x in f.attrs.get('layers', [])]}")
         means = []
         for rid in ids:
             g = f[rid]
