@@ -31,7 +31,7 @@ def baselines(chains, seed: int = 0) -> dict[str, PrecisionTable]:
         s = rng.random((L, L))
         rand[pipeline.chain_label(c)] = {"L": L, **contact_precisions(s + s.T, c.contacts())}
         sep[pipeline.chain_label(c)] = {"L": L, **contact_precisions(-np.abs(idx[:, None] - idx[None, :]).astype(float), c.contacts())}
-    return {"random": PrecisionTable(rand), "separation -|i-j|": PrecisionTable(sep)}
+    return {"random": PrecisionTable(rand), "separation -abs(i-j)": PrecisionTable(sep)}
 
 
 def main() -> None:
