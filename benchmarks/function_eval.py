@@ -4,7 +4,7 @@ Same head (standardise + RidgeCV by default) and the same folds for every repres
 Two splits: random 5-fold, and 5-fold grouped by mutated position (no position is in both the
 training and the test split, so a head cannot just memorise per-position effects).
 
-    python benchmarks/function_eval.py --model protlm_small --out benchmarks/results/function.json
+    python benchmarks/function_eval.py --model protlm_small --subsample 2000 --out /tmp/function.json
 """
 
 from __future__ import annotations

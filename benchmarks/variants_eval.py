@@ -5,8 +5,8 @@ consensus of the 5,397 single mutants of the function set. It is checked before 
 function-set sequence must differ from it at most at its labelled position, and every DMS
 wild-type letter must match it (numbering = 1-based on this sequence, as in UniProt).
 
-    python benchmarks/variants_eval.py --model protlm_small --pll-subset 40 \
-        --out benchmarks/results/variants.json
+    python benchmarks/variants_eval.py --model protlm_small --pll-subset 8 \
+        --out /tmp/variants.json
 
 Reports the Spearman correlation of each score with the measured fitness (column 2500).
 """
