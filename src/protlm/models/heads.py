@@ -68,7 +68,8 @@ class ContactPredictionHead(nn.Module):
         s_BTT = torch.einsum("bhij,h->bij", p_BHTT, w_H.float())
         s_BTT = s_BTT * (crop_BT[:, :, None] * crop_BT[:, None, :])
         rows_BHT = torch.einsum("bhij,bj->bhi", p_BHTT, crop_BT)
-        cols_BHT = torch.einsum("bhij,bi->bhj", p_BHTT, crop_BT)
+        # a matmul, not einsum: einsum copies the maps to contract over their rows
+        cols_BHT = (crop_BT[:, None, None, :] @ p_BHTT).squeeze(2)
         a_BHL = ((rows_BHT + cols_BHT) * crop_BT[:, None, :])[..., lo:hi]
         scale_BH = w_H.float() / a_BHL.sum(-1)  # w_h / sum(A_h + A_h^T)
         apc_BLL = (a_BHL * scale_BH[..., None]).transpose(1, 2) @ a_BHL  # (B, L, L)
