@@ -36,6 +36,7 @@ class EmbedConfig:
     toks_per_batch: int = 4096  # padded tokens per forward pass
     long: str = "truncate"  # sequences over the model limit: truncate | window | error
     chunk_residues: int = 4_000_000  # residues read into memory (and sorted) at a time
+    max_padding: float = 0.05  # close a batch before padding exceeds 5% of its tokens
 
     def __post_init__(self):
         bad = [i for i in self.include if i not in INCLUDES]
@@ -45,6 +46,8 @@ class EmbedConfig:
             raise EmbedError(f"--long must be one of {LONG_MODES}, got {self.long!r}")
         if self.toks_per_batch <= 0:
             raise EmbedError(f"--toks-per-batch must be positive, got {self.toks_per_batch}")
+        if self.max_padding < 0:
+            raise EmbedError(f"max_padding must be >= 0, got {self.max_padding}")
 
 
 @dataclass
@@ -205,7 +208,7 @@ def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConf
     pairs = ((r, cost(r)) for r in records)
     for chunk in chunked_by_size(pairs, lambda rc: rc[1], cfg.chunk_residues):
         recs = [r for r, _ in chunk]
-        for batch in token_budget_batches([c for _, c in chunk], cfg.toks_per_batch):
+        for batch in token_budget_batches([c for _, c in chunk], cfg.toks_per_batch, cfg.max_padding):
             yield _run_batch(model, alphabet, [recs[i] for i in batch], cfg, layers)
 
 

@@ -30,6 +30,26 @@ def test_budget_examples():
         token_budget_batches([1], 0)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 3000), max_size=60), st.integers(1, 5000), st.sampled_from([0.0, 0.05, 0.5]))
+def test_max_padding_bounds_waste(costs, budget, max_padding):
+    batches = token_budget_batches(costs, budget, max_padding)
+    assert sorted(i for b in batches for i in b) == list(range(len(costs)))
+    for b in batches:
+        padded = len(b) * max(costs[i] for i in b)
+        assert padded <= (1 + max_padding) * sum(costs[i] for i in b) or len(b) == 1
+        assert padded <= budget or len(b) == 1
+
+
+def test_max_padding_examples():
+    # 35% padding in one budget-filled batch; split once the 5% cap is hit
+    assert token_budget_batches([100, 100, 104, 200], 1000) == [[0, 1, 2, 3]]
+    assert token_budget_batches([100, 100, 104, 200], 1000, max_padding=0.05) == [[0, 1, 2], [3]]
+    assert token_budget_batches([7, 7, 7], 100, max_padding=0.0) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="max_padding"):
+        token_budget_batches([1], 10, max_padding=-0.1)
+
+
 def test_chunked_by_size_streams():
     def items():
         yield from range(10)

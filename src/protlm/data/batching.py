@@ -11,25 +11,35 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 T = TypeVar("T")
 
 
-def token_budget_batches(costs: Sequence[int], toks_per_batch: int) -> list[list[int]]:
+def token_budget_batches(costs: Sequence[int], toks_per_batch: int,
+                         max_padding: float | None = None) -> list[list[int]]:
     """Group item indices, shortest first, so each batch's padded size fits the budget.
 
     `costs[i]` is item i's padded token count (residues + BOS/EOS, or the sum over its windows).
     A batch's padded size is len(batch) * max(cost in batch); an item larger than the whole
-    budget gets a batch of its own rather than being dropped. Ties keep input order, so the
-    batches are deterministic.
+    budget gets a batch of its own rather than being dropped. With `max_padding` (a fraction),
+    a batch is also closed before its padded size exceeds (1 + max_padding) x the sum of its
+    costs: padded positions cost as much compute as real ones, while a smaller batch costs
+    little (on 2 CPU cores, one sequence per batch ran a 16-sequence mix 1.3x faster than
+    budget-filled batches with 35% padding). Ties keep input order, so batches are deterministic.
     """
     if toks_per_batch <= 0:
         raise ValueError(f"toks_per_batch must be positive, got {toks_per_batch}")
+    if max_padding is not None and max_padding < 0:
+        raise ValueError(f"max_padding must be >= 0, got {max_padding}")
     order = sorted(range(len(costs)), key=lambda i: costs[i])
     batches: list[list[int]] = []
     current: list[int] = []
+    total = 0  # sum of the costs in `current`
     for i in order:
         # costs are ascending, so costs[i] is the max of current + [i]
-        if current and (len(current) + 1) * costs[i] > toks_per_batch:
+        padded = (len(current) + 1) * costs[i]
+        too_padded = max_padding is not None and padded > (1 + max_padding) * (total + costs[i])
+        if current and (padded > toks_per_batch or too_padded):
             batches.append(current)
-            current = []
+            current, total = [], 0
         current.append(i)
+        total += costs[i]
     if current:
         batches.append(current)
     return batches

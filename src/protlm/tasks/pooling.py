@@ -73,7 +73,7 @@ def embed_sequences(model, alphabet: Alphabet, seqs: Sequence[str], layer: int =
     seqs = [s[:max_len] for s in seqs]
     device = next(model.parameters()).device
     out = np.zeros((len(seqs), model.config.embed_dim), dtype=np.float32)
-    batches = token_budget_batches([len(s) + 2 for s in seqs], toks_per_batch)
+    batches = token_budget_batches([len(s) + 2 for s in seqs], toks_per_batch, max_padding=0.05)
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
         tokens_BT = pad_tokens([alphabet.encode(seqs[i]) for i in batch], alphabet).to(device)
         reps = model(tokens_BT, repr_layers=[k], return_logits=False)["representations"]
