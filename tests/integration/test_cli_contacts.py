@@ -92,3 +92,22 @@ def test_bad_inputs_exit_nonzero_with_names(setup):
     assert not (root / "bad_out").exists() or not any((root / "bad_out").iterdir())  # nothing written
     r = _run("predict", fasta, "--model", root / "missing_model", "--output", root / "x")
     assert r.exit_code == 1
+
+
+def test_predict_resumes_and_refuses_other_settings(setup):
+    root, model_dir, structs, fasta = setup
+    out = root / "resume"
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    first = np.load(out / "2axd.npy")
+    # as after a kill between the two records: the second one's picture was never written
+    (out / "2axd.png").unlink()
+    stamp = (out / "1l2y.npy").stat().st_mtime_ns
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    assert "1 records already" in r.output and str(out / "2axd.npy") in r.output
+    assert (out / "1l2y.npy").stat().st_mtime_ns == stamp  # done record not recomputed
+    assert np.array_equal(np.load(out / "2axd.npy"), first) and (out / "2axd.png").is_file()
+    other = shutil.copytree(model_dir, root / "other_model")
+    r = _run("predict", fasta, "--model", other, "--output", out)
+    assert r.exit_code != 0 and "other settings" in r.output and "other_model" in r.output

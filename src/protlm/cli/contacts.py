@@ -53,8 +53,17 @@ def predict(fasta, model_name, head, head_weights, output, structure):
     model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
     records = load_fasta(fasta, alphabet=alphabet)  # validated before any output is written
     truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
-    for path in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear, truth):
-        click.echo(str(path))
+    resolved = lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p  # noqa: E731
+    settings = {"model": resolved(model_name), "head": head, "head_weights": resolved(head_weights),
+                "structure": structure}
+    skipped = 0
+    for path, computed in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear,
+                                                 truth, settings):
+        if computed:
+            click.echo(str(path))
+        skipped += not computed
+    if skipped:
+        click.echo(f"{skipped} records already in {output} (resumed)")
 
 
 @command.command()

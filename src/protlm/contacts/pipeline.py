@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -82,17 +83,46 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
-                  head: BilinearContactHead | None = None, truth: ChainStructure | None = None
-                  ) -> Iterator[Path]:
-    """Write `<id>.npy` (L x L float32) and `<id>.png` per record; yields each npy path.
+SETTINGS_FILE = "settings.json"
 
-    With `truth`, its true contacts are drawn over every record whose sequence is the chain's.
+
+def _claim_output(output: Path, settings: dict) -> None:
+    """Record what made the maps in `output`; refuse a folder made with other settings, so a
+    rerun resumes only its own work and never mixes two models' maps."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / SETTINGS_FILE
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != settings:
+            diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
+            raise ValueError(f"{output}: holds maps made with other settings {diff} (found, asked); "
+                             "use another --output folder")
+        return
+    fd, tmp = tempfile.mkstemp(dir=output, prefix=f".{SETTINGS_FILE}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(settings, f)
+    os.replace(tmp, path)
+
+
+def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
+                  head: BilinearContactHead | None = None, truth: ChainStructure | None = None,
+                  settings: dict | None = None) -> Iterator[tuple[Path, bool]]:
+    """Write `<id>.npy` (L x L float32) and `<id>.png` per record; yields (npy path, computed).
+
+    Each file is written atomically and the picture last, so a record with both files is done:
+    a rerun after a kill skips it (computed=False). `settings` (model, head, ...) are recorded in
+    `output/settings.json`, and a folder made with other settings is refused. With `truth`, its
+    true contacts are drawn over every record whose sequence is the chain's.
     """
     from protlm.contacts.plot import plot_contact_map
 
-    output.mkdir(parents=True, exist_ok=True)
+    _claim_output(output, settings or {})
     for rec in records:
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
+        npy, png = output / f"{stem}.npy", output / f"{stem}.png"
+        if npy.exists() and png.exists():
+            yield npy, False
+            continue
         pred_LL = predict_contacts(model, alphabet, rec.sequence, head).astype(np.float32)
         true_LL = None
         if truth is not None:
@@ -100,10 +130,9 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
                 raise ValueError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
                                  f"{truth.source}:{truth.chain} (L={len(truth.sequence)})")
             true_LL = truth.contacts()
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
-        _save_npy(output / f"{stem}.npy", pred_LL)
-        plot_contact_map(pred_LL, output / f"{stem}.png", title=rec.id, true_LL=true_LL)
-        yield output / f"{stem}.npy"
+        _save_npy(npy, pred_LL)
+        plot_contact_map(pred_LL, png, title=rec.id, true_LL=true_LL)
+        yield npy, True
 
 
 def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None):
