@@ -49,3 +49,17 @@ def test_wrong_wild_type_letter_names_the_mutant(inputs):
     assert r.exit_code == 1
     assert "line 3: mutant 'A24C': wild-type letter A at position 24" in r.output
     assert not out.exists()
+
+
+def test_pseudo_ll_cli_leaves_no_store_behind(inputs):
+    muts = inputs / "two.csv"
+    muts.write_text("\n".join((inputs / "muts.csv").read_text().splitlines()[:3]) + "\n")
+    out = inputs / "pll.csv"
+    r = CliRunner().invoke(cli, ["variants", "score", "--model", str(inputs / "dbg"), "--sequence",
+                                 str(inputs / "wt.fasta"), "--mutations", str(muts), "--method",
+                                 "pseudo-ll", "--batch-size", "64", "--output", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with open(out) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 2 and all(float(g["pseudo-ll"]) == float(g["pseudo-ll"]) for g in got)
+    assert not (inputs / "pll.csv.pll.jsonl").exists()  # the resume store goes once the output exists

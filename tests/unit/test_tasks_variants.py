@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from protlm.alphabet import pad_tokens
-from protlm.tasks.variants import (Mutation, MutationError, apply_mutations, centred_window,
+from protlm.tasks.variants import (Mutation, MutationError, PLLStore, apply_mutations, centred_window,
                                    parse_mutant, score_mutants)
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIE"
@@ -118,3 +118,31 @@ def test_bad_mutant_fails_before_any_forward(debug_model):
     model.forward = boom
     with pytest.raises(MutationError, match="'A2C'"):
         score_mutants(model, model.alphabet, WT, ["K2C", "A2C"])
+
+
+def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):
+    model = debug_model("esm2_debug")
+    a, wt, muts = model.alphabet, WT[:8], ["K2C", "A4G", "T3S"]
+    straight = score_mutants(model, a, wt, muts, "pseudo-ll", batch_size=3)
+
+    path = tmp_path / "scores.csv.pll.jsonl"
+    store = PLLStore(path, "m")
+    score_mutants(model, a, wt, muts[:1], "pseudo-ll", pll_store=store)  # wild type + K2C done
+    store.close()
+    with open(path, "a") as f:
+        f.write('{"seq": "MKSAY')  # torn by the kill
+
+    class Recording(PLLStore):
+        def add(self, seq, value):
+            calls.append(seq)
+            super().add(seq, value)
+
+    calls = []
+    store2 = Recording(path, "m")
+    assert set(store2.values) == {wt, "MCTAYIAK"}
+    resumed = score_mutants(model, a, wt, muts, "pseudo-ll", batch_size=3, pll_store=store2)
+    store2.close()
+    assert resumed == pytest.approx(straight, abs=1e-6)
+    assert calls == ["MKTGYIAK", "MKSAYIAK"]  # only the unfinished ones ran
+    assert len(PLLStore(path, "m").values) == 4  # the torn line was ended, the new lines read
+    assert PLLStore(path, "another model").values == {}  # another model starts afresh

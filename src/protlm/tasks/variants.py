@@ -10,8 +10,11 @@ Proteins over the model's limit are scored in a window of max length centred on 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -149,15 +152,63 @@ def wt_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alph
 
 
 def pseudo_ll(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
-              log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
-    """PLL(mutant) - PLL(wild type) over the scoring window; one forward per masked position."""
+              log_probs: LogProbFn, max_len: int, batch_size: int, bar,
+              store: "PLLStore | None" = None) -> list[float]:
+    """PLL(mutant) - PLL(wild type) over the scoring window; one forward per masked position.
+
+    With `store`, each sequence's PLL is saved as soon as it is known and reused, so a killed
+    run loses at most one sequence's forwards.
+    """
     wins = [centred_window([m.pos for m in ms], len(wt_seq), max_len) for ms in mutants]
     seqs = [apply_mutations(wt_seq, ms)[s:e] for ms, (s, e) in zip(mutants, wins)]
     wt_keys = sorted(set(wins))
-    todo = list(dict.fromkeys([wt_seq[s:e] for s, e in wt_keys] + seqs))
+    pll = dict(store.values) if store is not None else {}
+    todo = [s for s in dict.fromkeys([wt_seq[s:e] for s, e in wt_keys] + seqs) if s not in pll]
     bar.reset(total=sum(len(s) for s in todo))
-    pll = {s: _pll(s, alphabet, log_probs, batch_size, bar) for s in todo}
+    for s in todo:
+        pll[s] = _pll(s, alphabet, log_probs, batch_size, bar)
+        if store is not None:
+            store.add(s, pll[s])
     return [pll[s] - pll[wt_seq[a:b]] for s, (a, b) in zip(seqs, wins)]
+
+
+class PLLStore:
+    """Append-only JSONL of {sequence: PLL} for one model, beside a long run's output.
+
+    The first line names the model; a store written for another model is started afresh. Each
+    line is flushed and fsynced, and a torn last line (a kill mid-write) is ignored on reading.
+    """
+
+    def __init__(self, path, model: str):
+        self.path, self.values = Path(path), {}
+        header = {"model": model}
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if lines and _json_or_none(lines[0]) == header:
+            for line in lines[1:]:
+                rec = _json_or_none(line)
+                if isinstance(rec, dict) and "seq" in rec and "pll" in rec:
+                    self.values[rec["seq"]] = float(rec["pll"])
+            self._fh = open(self.path, "a")
+            if not lines[-1:] or _json_or_none(lines[-1]) is None:
+                self._fh.write("\n")  # end a torn line so the next record starts clean
+        else:
+            self._fh = open(self.path, "w")
+            self._fh.write(json.dumps(header) + "\n")
+
+    def add(self, seq: str, value: float) -> None:
+        self._fh.write(json.dumps({"seq": seq, "pll": value}) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _pll(seq: str, alphabet: Alphabet, log_probs: LogProbFn, batch_size: int, bar) -> float:
@@ -171,11 +222,13 @@ SCORERS = {"masked-marginal": masked_marginal, "wt-marginal": wt_marginal, "pseu
 
 def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str],
                   method: str = "masked-marginal", offset: int = 1, batch_size: int = 8,
-                  max_len: int | None = None, progress: bool = False) -> list[float]:
+                  max_len: int | None = None, progress: bool = False,
+                  pll_store: PLLStore | None = None) -> list[float]:
     """One score per mutant string (higher = predicted more fit than wild type).
 
     Every mutant is parsed and checked against `wt_seq` before any forward pass.
-    `max_len` defaults to the model's `max_sequence_length`.
+    `max_len` defaults to the model's `max_sequence_length`. `pll_store` (pseudo-ll only) keeps
+    finished sequences' PLLs so that a rerun after a kill resumes.
     """
     from tqdm import tqdm
 
@@ -184,9 +237,10 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
     wt_seq = alphabet.clean(wt_seq, "wild type")
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     max_len = max_len or model.config.max_sequence_length
+    extra = {"store": pll_store} if method == "pseudo-ll" else {}
     with tqdm(desc=method, unit="fwd", disable=not progress) as bar:
         return SCORERS[method](wt_seq, parsed, alphabet, model_log_probs(model, alphabet),
-                               max_len, batch_size, bar)
+                               max_len, batch_size, bar, **extra)
 
 
 def read_wild_type(path) -> str:
@@ -204,10 +258,9 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
                device: str | None = None, progress: bool = True, loader=None) -> int:
     """Read the `mutant` column of a CSV/TSV, score every row, write all input columns plus one
     score column (named after the method unless `column` is given). Atomic: the output appears
-    only when every row is scored. Returns the number of rows."""
+    only when every row is scored. pseudo-ll keeps finished PLLs in `<output>.pll.jsonl` until
+    the output is written, so a rerun after a kill resumes. Returns the number of rows."""
     import csv
-    import os
-    from pathlib import Path
 
     import protlm
 
@@ -228,9 +281,11 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
             raise MutationError(f"{mutations_csv}: line {line}: {e}") from None
     model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
     model = model.to(device).eval() if device else model.eval()
-    scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
-                           batch_size, progress=progress)
     out = Path(output)
+    model_id = str(Path(model_name).resolve()) if Path(model_name).exists() else str(model_name)
+    store = PLLStore(out.with_name(out.name + ".pll.jsonl"), model_id) if method == "pseudo-ll" else None
+    scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
+                           batch_size, progress=progress, pll_store=store)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields + [column], delimiter=delim)
@@ -238,4 +293,7 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
         for row, s in zip(rows, scores):
             w.writerow({**row, column: f"{s:.6g}"})
     os.replace(tmp, out)
+    if store is not None:
+        store.close()
+        store.path.unlink()
     return len(rows)
