@@ -49,13 +49,13 @@ def predict(fasta, model_name, head, head_weights, output, structure):
     """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
     from protlm.contacts import pipeline
     from protlm.data.fasta import load_fasta
+    from protlm.pretrained.load import model_identity
 
     model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
     records = load_fasta(fasta, alphabet=alphabet)  # validated before any output is written
     truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
-    resolved = lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p  # noqa: E731
-    settings = {"model": resolved(model_name), "head": head, "head_weights": resolved(head_weights),
-                "structure": structure}
+    settings = {"model": model_identity(model_name), "head": head, "structure": structure,
+                "head_weights": model_identity(head_weights) if head_weights else None}
     skipped = 0
     for path, computed in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear,
                                                  truth, settings):

@@ -213,6 +213,25 @@ def packaged_root():
     return importlib.resources.files("protlm") / "weights"
 
 
+def model_identity(name_or_path: str) -> str:
+    """What a model name or path stands for, to key caches and resumable outputs: a published
+    name, or an absolute path + its newest modification time.
+
+    Packaged weights (e.g. 'protlm_small') are keyed by their folder, so a new release of the
+    shipped weights does not reuse vectors from the old one.
+    """
+    p = Path(name_or_path)
+    entry = registry.REGISTRY.get(str(name_or_path))
+    if not p.exists() and entry is not None and entry.packaged:
+        p = Path(str(packaged_root() / entry.packaged))
+        return f"{name_or_path}:{model_identity(str(p)) if p.exists() else 'missing'}"
+    if p.exists():
+        files = [p, *p.glob("*")] if p.is_dir() else [p]
+        newest = max(f.stat().st_mtime for f in files)
+        return f"{p.resolve()}@{newest:.0f}"
+    return str(name_or_path)
+
+
 def load_published(name: str) -> ESM:
     entry = registry.get(name)
     if entry.packaged:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.pretrained.load import model_identity
 from protlm.tasks import evaluate, heads
 from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
 from protlm.tasks.pooling import POOLINGS, embed_sequences
@@ -50,27 +51,6 @@ class FitConfig:
     @property
     def head_kind(self) -> str:
         return self.head or ("ridge" if self.task == "regression" else "logistic")
-
-
-def model_identity(name_or_path: str) -> str:
-    """Cache key part for a model: published name, or absolute path + newest modification time.
-
-    Packaged weights (e.g. 'protlm_small') are keyed by their folder, so a new release of the
-    shipped weights does not reuse vectors from the old one.
-    """
-    from protlm.pretrained import registry
-    from protlm.pretrained.load import packaged_root
-
-    p = Path(name_or_path)
-    entry = registry.REGISTRY.get(str(name_or_path))
-    if not p.exists() and entry is not None and entry.packaged:
-        p = Path(str(packaged_root() / entry.packaged))
-        return f"{name_or_path}:{model_identity(str(p)) if p.exists() else 'missing'}"
-    if p.exists():
-        files = [p, *p.glob("*")] if p.is_dir() else [p]
-        newest = max(f.stat().st_mtime for f in files)
-        return f"{p.resolve()}@{newest:.0f}"
-    return str(name_or_path)
 
 
 def _load_model(name: str, device: str | None, loader=None):

@@ -182,14 +182,15 @@ class PLLStore:
     def __init__(self, path, model: str):
         self.path, self.values = Path(path), {}
         header = {"model": model}
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        text = self.path.read_text() if self.path.exists() else ""
+        lines = text.splitlines()
         if lines and _json_or_none(lines[0]) == header:
             for line in lines[1:]:
                 rec = _json_or_none(line)
                 if isinstance(rec, dict) and "seq" in rec and "pll" in rec:
                     self.values[rec["seq"]] = float(rec["pll"])
             self._fh = open(self.path, "a")
-            if not lines[-1:] or _json_or_none(lines[-1]) is None:
+            if not text.endswith("\n"):
                 self._fh.write("\n")  # end a torn line so the next record starts clean
         else:
             self._fh = open(self.path, "w")
@@ -263,6 +264,7 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
     import csv
 
     import protlm
+    from protlm.pretrained.load import model_identity
 
     wt_seq = read_wild_type(wt_fasta)
     delim = "\t" if str(mutations_csv).lower().endswith((".tsv", ".tab")) else ","
@@ -282,8 +284,8 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
     model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
     model = model.to(device).eval() if device else model.eval()
     out = Path(output)
-    model_id = str(Path(model_name).resolve()) if Path(model_name).exists() else str(model_name)
-    store = PLLStore(out.with_name(out.name + ".pll.jsonl"), model_id) if method == "pseudo-ll" else None
+    store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), model_identity(model_name))
+             if method == "pseudo-ll" else None)
     scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
                            batch_size, progress=progress, pll_store=store)
     tmp = out.with_name(out.name + ".tmp")
