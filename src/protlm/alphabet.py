@@ -7,6 +7,7 @@ X B U Z O . - (4..30), <null_1>=31, <mask>=32.
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,7 +19,7 @@ APPEND_TOKS = ("<mask>",)
 STANDARD_AAS = "ACDEFGHIKLMNPQRSTVWY"
 
 
-class InvalidSequenceError(ValueError):
+class InvalidSequenceError(ProtlmError, ValueError):
     """A residue outside the alphabet; names the record and the 1-based position."""
 
     def __init__(self, record: str, position: int, char: str):

@@ -7,6 +7,7 @@ per-record results, and `embed_to_file` adds resumable, kill-safe writing (see e
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ LONG_MODES = ("truncate", "window", "error")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class EmbedError(ValueError):
+class EmbedError(ProtlmError, ValueError):
     """Invalid request or input for embedding; the message names the record when there is one."""
 
 

@@ -14,6 +14,7 @@ dictionary layout of fair-esm's scripts/extract.py.
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to res
 SETTINGS_FILE = "protlm_embed.json"
 
 
-class OutputMismatchError(ValueError):
+class OutputMismatchError(ProtlmError, ValueError):
     """An existing output was made with other settings, so resuming into it would mix them."""
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
+
+from protlm.errors import ProtlmError
 
 # subcommand -> module exposing `command` (a click.Command or Group). Imported lazily so
 # `protlm --help` stays fast and one subcommand's heavy imports never slow another.
@@ -34,8 +37,21 @@ def cli():
     """protlm: protein language models (ESM-1b, ESM-2) from pretraining to downstream use."""
 
 
-def main():
-    cli()
+def main(argv=None):
+    """Entry point: user errors (ProtlmError) print one line and exit 1; bugs keep their traceback."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except ProtlmError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and masked out (`observed` False) instead of silently shifting every later index
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 CONTACT_THRESHOLD = 8.0  # Å, Cβ–Cβ (Cα for glycine), as in the ESM papers
 
 
-class StructureError(ValueError):
+class StructureError(ProtlmError, ValueError):
     """A structure file that cannot give a protein chain; the message names the file and chain."""
 
 
@@ -94,6 +95,21 @@ def _beta_carbon(res: gemmi.Residue) -> np.ndarray | None:
     return np.array([p.x, p.y, p.z])
 
 
+def _full_sequence(st: gemmi.Structure, ch: gemmi.Chain) -> str:
+    polymer = ch.get_polymer()
+    entity = st.get_entity_of(polymer)
+    full = list(entity.full_sequence) if entity is not None else []
+    if not full:  # no SEQRES: the observed residues are the whole sequence
+        full = [r.name for r in polymer]
+    return "".join(_one_letter(n) for n in full)
+
+
+def chain_sequences(path: str | Path) -> dict[str, str]:
+    """{chain name: full sequence} for every protein chain of the first model."""
+    st = _read(Path(path))
+    return {ch.name: _full_sequence(st, ch) for ch in _protein_chains(st[0])}
+
+
 def load_chain(path: str | Path, chain: str | None = None) -> ChainStructure:
     """The first model's chain `chain` (auth name; default: the first protein chain).
 
@@ -115,10 +131,7 @@ def load_chain(path: str | Path, chain: str | None = None) -> ChainStructure:
         ch = found[0]
     polymer = ch.get_polymer()
     entity = st.get_entity_of(polymer)
-    full = list(entity.full_sequence) if entity is not None else []
-    if not full:  # no SEQRES: the observed residues are the whole sequence
-        full = [r.name for r in polymer]
-    sequence = "".join(_one_letter(n) for n in full)
+    sequence = _full_sequence(st, ch)
     coords_L3 = np.full((len(sequence), 3), np.nan)
     for i, res in enumerate(polymer):
         pos = (res.label_seq - 1) if res.label_seq is not None and entity is not None and entity.full_sequence else i

@@ -5,6 +5,7 @@ Errors name the file, the record and the line, so a user can find the offending 
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import gzip
 import io
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Iterable, Iterator
 from protlm.alphabet import Alphabet, InvalidSequenceError
 
 
-class FastaError(ValueError):
+class FastaError(ProtlmError, ValueError):
     """Malformed FASTA: the message names the file, the record and the line."""
 
 

@@ -11,6 +11,7 @@ When everything fails, `WeightsNotFoundError` says which files to put where.
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ HF_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 OFFLINE_ENV = "PROTLM_OFFLINE"  # "1": never try the network (HF_HUB_OFFLINE is honoured too)
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(ProtlmError, FileNotFoundError):
     """Published weights are neither cached nor downloadable; the message says what to do."""
 
 

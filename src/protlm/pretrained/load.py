@@ -8,6 +8,7 @@ Loading is strict: every key and shape must match, apart from an explicit list a
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import importlib.resources
 import json
 import pickle
@@ -30,7 +31,7 @@ CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias"
 TIED_KEY, EMBED_KEY = "lm_head.weight", "embed_tokens.weight"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ProtlmError, ValueError):
     """A checkpoint that cannot be loaded: unsafe, corrupt, wrong family or mismatched keys."""
 
 

@@ -6,6 +6,7 @@ fields carry the label (`label_field`, 0-based: `0|beta-lactamase_P20P|1.58` -> 
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import csv
 import hashlib
 import json
@@ -22,7 +23,7 @@ from protlm.data.fasta import open_text, read_fasta
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 
 
-class LabelError(ValueError):
+class LabelError(ProtlmError, ValueError):
     """Bad labelled input; the message names the file and the record."""
 
 

@@ -10,6 +10,7 @@ Proteins over the model's limit are scored in a window of max length centred on 
 
 from __future__ import annotations
 
+from protlm.errors import ProtlmError
 import json
 import os
 import re
@@ -27,7 +28,7 @@ _MUT = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
 AAS = set("ACDEFGHIKLMNPQRSTVWYBZXUO")
 
 
-class MutationError(ValueError):
+class MutationError(ProtlmError, ValueError):
     """A mutation that cannot be applied; the message names it."""
 
 
