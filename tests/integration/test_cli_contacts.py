@@ -51,6 +51,16 @@ def test_fit_then_predict_and_eval(setup):
         assert r.exit_code == 0, r.output
         m = np.load(out / "1l2y.npy")
         assert m.shape == (20, 20) and m.dtype == np.float32
+        assert ((m >= 0) & (m <= 1)).all() and np.allclose(m, m.T, atol=1e-6) and m.std() > 0
+        if head == "attention":  # the file holds what the model's contact head predicts
+            from protlm import load_model_and_alphabet
+
+            model, alphabet = load_model_and_alphabet(model_dir)
+            seq = fasta.read_text().splitlines()[1]
+            toks = torch.tensor([[alphabet.cls_idx, *alphabet.encode(seq), alphabet.eos_idx]])
+            with torch.no_grad():
+                want = model.eval()(toks, return_contacts=True)["contacts"][0].numpy()
+            np.testing.assert_allclose(m, want, atol=1e-5)
         assert (out / "1l2y.png").read_bytes()[:4] == b"\x89PNG" and (out / "2axd.png").is_file()
 
     r = _run("eval", "--model", model_dir, "--structures", structs)

@@ -22,6 +22,16 @@ def inputs(tmp_path, shared_data, debug_model):
     return tmp_path
 
 
+def _library_scores(inputs, mutants, method):
+    """The same scores from the library call on the same model and wild type."""
+    from protlm import load_model_and_alphabet
+    from protlm.tasks.variants import score_mutants
+
+    model, alphabet = load_model_and_alphabet(inputs / "dbg")
+    wt = (inputs / "wt.fasta").read_text().splitlines()[1]
+    return score_mutants(model.eval(), alphabet, wt, mutants, method)
+
+
 @pytest.mark.parametrize("method", ["masked-marginal", "wt-marginal"])
 def test_score_keeps_columns_and_adds_one(inputs, method):
     out = inputs / "scored.csv"
@@ -37,7 +47,9 @@ def test_score_keeps_columns_and_adds_one(inputs, method):
     assert reader.fieldnames[-1] == method and len(got) == len(src) == 13
     assert [g["mutant"] for g in got] == [s["mutant"] for s in src]
     assert got[0]["2500"] == src[0]["2500"]
-    assert all(float(g[method]) == float(g[method]) for g in got)
+    want = _library_scores(inputs, [s["mutant"] for s in src], method)
+    assert [float(g[method]) for g in got] == pytest.approx(want, abs=1e-4)
+    assert len(set(want)) > 1  # real, differing scores
 
 
 def test_wrong_wild_type_letter_names_the_mutant(inputs):
@@ -61,5 +73,7 @@ def test_pseudo_ll_cli_leaves_no_store_behind(inputs):
     assert r.exit_code == 0, r.output
     with open(out) as f:
         got = list(csv.DictReader(f))
-    assert len(got) == 2 and all(float(g["pseudo-ll"]) == float(g["pseudo-ll"]) for g in got)
+    assert len(got) == 2
+    want = _library_scores(inputs, [g["mutant"] for g in got], "pseudo-ll")
+    assert [float(g["pseudo-ll"]) for g in got] == pytest.approx(want, abs=1e-4)
     assert not (inputs / "pll.csv.pll.jsonl").exists()  # the resume store goes once the output exists

@@ -65,11 +65,34 @@ def test_esm1b_mask_row_zeroed_like_fair_esm(tmp_path):
     assert model.embed_tokens.weight[alphabet.mask_idx].abs().max() == 0
 
 
-def test_missing_regression_warns_and_keeps_init(tmp_path):
+def test_missing_regression_warns_at_use_and_keeps_init(tmp_path):
+    from protlm.models.heads import UncalibratedContactsWarning
+
     _, path = esm2_file(tmp_path, regression=False)
-    with pytest.warns(UserWarning, match="contacts are not calibrated"):
-        model, _ = load_model_and_alphabet(path)
-    assert model.contact_head.regression.weight.shape == (1, 8)
+    model, alphabet = load_model_and_alphabet(path)
+    assert model.contact_head.regression.weight.shape == (1, 8) and not model.contact_head.fitted
+    toks = torch.tensor([[alphabet.cls_idx, *alphabet.encode("MKTAYIAK"), alphabet.eos_idx]])
+    for kwargs in ({}, {"need_head_weights": True}):  # layer-by-layer and reference paths
+        with pytest.warns(UncalibratedContactsWarning, match="no fitted contact regression"):
+            model(toks, return_contacts=True, **kwargs)
+    (tmp_path / "r").mkdir()
+    fitted, _ = load_model_and_alphabet(esm2_file(tmp_path / "r", regression=True)[1])
+    assert fitted.contact_head.fitted
+
+
+def test_protlm_folder_carries_its_fitted_contact_head(tmp_path, debug_model):
+    from protlm.contacts.fit import save_regression
+
+    model = debug_model("esm2_debug")
+    save_protlm(model, tmp_path / "m")
+    assert not load_model_and_alphabet(tmp_path / "m")[0].contact_head.fitted
+    n = model.contact_head.regression.weight.numel()
+    save_regression(torch.linspace(-1, 1, n), torch.tensor([0.5]), tmp_path / "m")  # beside the weights
+    loaded, _ = load_model_and_alphabet(tmp_path / "m")
+    assert loaded.contact_head.fitted
+    assert torch.equal(loaded.contact_head.regression.weight[0], torch.linspace(-1, 1, n))
+    save_protlm(loaded, tmp_path / "copy")  # the flag survives a re-save
+    assert load_model_and_alphabet(tmp_path / "copy")[0].contact_head.fitted
 
 
 def test_device_argument(tmp_path, debug_model):

@@ -6,6 +6,7 @@ import torch
 from protlm.alphabet import pad_tokens
 from protlm.tasks.variants import (Mutation, MutationError, PLLStore, apply_mutations, centred_window,
                                    parse_mutant, score_mutants)
+from protlm.windows import window_spans
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIE"
 
@@ -103,10 +104,16 @@ def test_wt_marginal_windows_average_overlaps(debug_model):
     full = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal")
     same = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal", max_len=len(WT))
     assert full == same
-    windowed = score_mutants(model, a, WT, ["K2C", "G28A"], "wt-marginal", max_len=16)
+    windowed = score_mutants(model, a, WT, ["K2C", "Q11A", "G28A"], "wt-marginal", max_len=16)
+    assert window_spans(len(WT), 16) == [(0, 16), (8, 24), (15, 31)]
+    one = lambda seq, mut: score_mutants(model, a, seq, [mut], "wt-marginal")[0]
     # K2 lies only in the first window [0, 16): its score is that window's
-    assert windowed[0] == pytest.approx(score_mutants(model, a, WT[:16], ["K2C"], "wt-marginal")[0], abs=1e-5)
-    assert all(abs(x) < 1e3 for x in windowed)
+    assert windowed[0] == pytest.approx(one(WT[:16], "K2C"), abs=1e-5)
+    # Q11 (index 10) lies in [0, 16) and [8, 24): the log-probs of both windows are averaged
+    assert windowed[1] == pytest.approx((one(WT[:16], "Q11A") + one(WT[8:24], "Q3A")) / 2, abs=1e-5)
+    assert windowed[1] != pytest.approx(one(WT[:16], "Q11A"), abs=1e-5)
+    # G28 (index 27) lies only in the last window [15, 31), where it is residue 13
+    assert windowed[2] == pytest.approx(one(WT[15:], "G13A"), abs=1e-5)
 
 
 def test_bad_mutant_fails_before_any_forward(debug_model):

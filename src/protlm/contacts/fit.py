@@ -95,4 +95,5 @@ def load_contact_regression(model: ESM, path: str | Path) -> ESM:
     with torch.no_grad():
         head.weight.copy_(state[KEYS[0]])
         head.bias.copy_(state[KEYS[1]])
+    model.contact_head.fitted = True
     return model

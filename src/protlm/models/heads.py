@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from protlm.contacts.features import apc, symmetrize
+
+
+UNFITTED_MESSAGE = ("this model has no fitted contact regression: its contact maps are not calibrated "
+                   "(fit one with `protlm contacts fit --head attention`)")
+
+
+class UncalibratedContactsWarning(UserWarning):
+    """Contacts were predicted with a contact head that was never fitted."""
 
 
 class ContactPredictionHead(nn.Module):
@@ -21,6 +31,14 @@ class ContactPredictionHead(nn.Module):
         self.num_layers, self.num_heads = num_layers, num_heads
         self.eos_idx, self.prepend_bos, self.append_eos = eos_idx, prepend_bos, append_eos
         self.regression = nn.Linear(num_layers * num_heads, 1)
+        # Set by the loaders (and by fitting): False when no fitted regression came with the
+        # weights, so contacts are the untrained regression's output and mean little.
+        self.fitted = False
+
+    def _warn_if_unfitted(self) -> None:
+        if not self.fitted:
+            # one line per call site and process (Python's default warning filter)
+            warnings.warn(UNFITTED_MESSAGE, UncalibratedContactsWarning, stacklevel=3)
 
     def _features(self, tokens_BT: torch.Tensor, attn_BXTT: torch.Tensor) -> torch.Tensor:
         """(B, X, T, T) attention maps -> (B, X, L, L) symmetrized, APC-corrected features."""
@@ -37,6 +55,7 @@ class ContactPredictionHead(nn.Module):
     def forward(self, tokens_BT: torch.Tensor, attentions_BNHTT: torch.Tensor) -> torch.Tensor:
         """Reference-compatible: all layers' maps (B, layers, heads, T, T) -> contacts (B, L, L)."""
         B, N, H, T, _ = attentions_BNHTT.shape
+        self._warn_if_unfitted()
         feats = self._features(tokens_BT, attentions_BNHTT.reshape(B, N * H, T, T))
         return torch.sigmoid(self.regression(feats.permute(0, 2, 3, 1)).squeeze(3))
 
@@ -77,4 +96,5 @@ class ContactPredictionHead(nn.Module):
         return s_BLL + s_BLL.transpose(1, 2) - apc_BLL
 
     def finish(self, logits_BLL: torch.Tensor) -> torch.Tensor:
+        self._warn_if_unfitted()
         return torch.sigmoid(logits_BLL + self.regression.bias)

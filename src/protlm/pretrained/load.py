@@ -12,7 +12,6 @@ from protlm.errors import ProtlmError
 import importlib.resources
 import json
 import pickle
-import warnings
 import zipfile
 from argparse import Namespace
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from protlm.alphabet import Alphabet
 from protlm.models.config import ESMConfig
 from protlm.models.esm import ESM, build_model
+from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
 from protlm.pretrained import convert, download, protlm_format, registry
 
 # The only non-tensor class published fair-esm files need (see the module docstring).
@@ -128,11 +128,6 @@ def _check_family(config: ESMConfig, state: Mapping[str, torch.Tensor], source: 
                               f"{declared} declares {what[config.family]}")
 
 
-def _warn_uncalibrated(source: str) -> None:
-    warnings.warn(f"{source}: no contact regression weights; the contact head is left at its "
-                  "initialisation, so predicted contacts are not calibrated", stacklevel=3)
-
-
 # ------------------------------------------------------------------ formats
 def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM:
     """A published fair-esm .pt (ESM-1b `args` or ESM-2 `cfg`), with `<stem>-contact-regression.pt`
@@ -163,8 +158,7 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
     elif regression:
         raise FileNotFoundError(f"contact regression file not found: {reg_path}")
     left = load_state_strict(model, state, str(path), allowed_missing=CONTACT_KEYS)
-    if left:
-        _warn_uncalibrated(str(path))
+    model.contact_head.fitted = not left
     return model
 
 
@@ -204,8 +198,7 @@ def load_hf(path: str | Path) -> ESM:
     # only when absent is the model's own computation kept.
     inv_freq = [f"layers.{i}.self_attn.rot_emb.inv_freq" for i in range(config.num_layers)]
     left = load_state_strict(model, state, str(path), allowed_missing=[*CONTACT_KEYS, *inv_freq])
-    if set(CONTACT_KEYS) & set(left):
-        _warn_uncalibrated(str(path))
+    model.contact_head.fitted = not set(CONTACT_KEYS) & set(left)
     return model
 
 
@@ -258,9 +251,13 @@ def load_path(path: str | Path) -> ESM:
             from safetensors import SafetensorError
 
             try:
-                return protlm_format.load_protlm(path)
+                model = protlm_format.load_protlm(path)
             except (ValueError, TypeError, KeyError, SafetensorError) as e:
                 raise CheckpointError(f"{path}: cannot load protlm checkpoint: {e}") from None
+            beside = path / REGRESSION_FILE  # a fitted attention head shipped with the weights
+            if beside.is_file():
+                load_contact_regression(model, beside)
+            return model
         if (path / "config.json").is_file():
             return load_hf(path)
         raise CheckpointError(f"{path}: folder has no config.json (expected a protlm or HF folder)")

@@ -52,7 +52,8 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
     os.close(fd)
     save_file(state, tmp, metadata={"format": FORMAT_NAME})
     os.replace(tmp, path / WEIGHTS_FILE)
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config.to_dict(),
+            "contact_head_fitted": bool(model.contact_head.fitted), **(extra or {})}
     _atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
@@ -78,4 +79,5 @@ def load_protlm(path: str | Path, weights_file: str | Path | None = None) -> ESM
     missing = [k for k in missing if k not in TIED_KEYS]
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
+    model.contact_head.fitted = bool(meta.get("contact_head_fitted", False))
     return model
