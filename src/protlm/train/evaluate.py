@@ -20,6 +20,7 @@ from protlm.data.masking import IGNORE_INDEX
 from protlm.train.batches import fixed_batches
 from protlm.train.config import TrainConfig
 from protlm.train.loop import evaluate, make_plans
+from protlm.data.sampler import BatchPlan
 from protlm.train.parallelize import Dist
 
 
@@ -34,22 +35,32 @@ def residue_log_probs(index: FastaIndex, records: np.ndarray, alphabet: Alphabet
     return (freq / freq.sum()).clamp_min(1e-300).log()
 
 
-def frequency_baseline(cfg: TrainConfig) -> dict[str, float]:
-    """Perplexity of the training-split residue frequencies on the held-out masked positions."""
+def eval_plan(cfg: TrainConfig, fasta: str | None = None) -> tuple[str, BatchPlan]:
+    """(FASTA, plan) of the evaluation positions: the config's held-out split, or every record
+    of another FASTA (e.g. other protein families), with crops and masks fixed by data.valid_seed."""
+    if fasta is None:
+        return cfg.data.train_fasta, make_plans(cfg, FastaIndex.open(cfg.data.train_fasta))[1]
+    index, d = FastaIndex.open(fasta), cfg.data
+    plan = BatchPlan(np.arange(len(index)), np.asarray(index.lengths), d.toks_per_batch, d.max_length,
+                     d.valid_seed, d.min_seqs)
+    return fasta, plan
+
+
+def frequency_baseline(cfg: TrainConfig, fasta: str | None = None) -> dict[str, float]:
+    """Perplexity of the training-split residue frequencies on the evaluation masked positions
+    (the held-out split, or every record of `fasta`)."""
     index, alphabet = FastaIndex.open(cfg.data.train_fasta), Alphabet()
-    train_plan, valid_plan = make_plans(cfg, index)
+    train_plan, _ = make_plans(cfg, index)
     logp_V = residue_log_probs(index, train_plan.indices, alphabet)
     total, n = 0.0, 0
-    for _, targets_BT in fixed_batches(cfg.data.train_fasta, valid_plan, 0, 1, cfg.data.mask_prob):
+    for _, targets_BT in fixed_batches(*eval_plan(cfg, fasta), 0, 1, cfg.data.mask_prob):
         t = targets_BT[targets_BT != IGNORE_INDEX]
         total -= float(logp_V[t].sum())
         n += t.numel()
     return {"baseline_ce": total / n, "baseline_ppl": math.exp(total / n), "valid_tokens": n}
 
 
-def model_perplexity(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, float]:
-    """Held-out masked perplexity of `model` (fp32, CPU or the model's device)."""
-    index = FastaIndex.open(cfg.data.train_fasta)
-    _, valid_plan = make_plans(cfg, index)
+def model_perplexity(model: torch.nn.Module, cfg: TrainConfig, fasta: str | None = None) -> dict[str, float]:
+    """Masked perplexity of `model` on the held-out split (or every record of `fasta`)."""
     device = next(model.parameters()).device
-    return evaluate(model, cfg.data.train_fasta, valid_plan, Dist(), device, None, cfg.data.mask_prob)
+    return evaluate(model, *eval_plan(cfg, fasta), Dist(), device, None, cfg.data.mask_prob)
