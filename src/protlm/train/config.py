@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib joined the standard library in 3.11 as tomli
+    import tomli as tomllib
 
 
 @dataclass
