@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
-from protlm.errors import ProtlmError
+from protlm.errors import NotFoundError, ProtlmError
 
 
 class FastaError(ProtlmError, ValueError):
@@ -32,8 +32,11 @@ class Record:
 
 
 def is_gzip(path: str | Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {path}") from None
 
 
 def open_binary(path: str | Path) -> BinaryIO:
@@ -42,8 +45,14 @@ def open_binary(path: str | Path) -> BinaryIO:
 
 
 def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a plain or gzip-compressed UTF-8 text file."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8")
+    """Open a plain or gzip-compressed UTF-8 text file (a byte-order mark is skipped)."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig")
+
+
+def not_a_table(path: str | Path, e: Exception) -> str:
+    """The message for a CSV/TSV that failed to read with a UnicodeDecodeError or csv.Error."""
+    why = f"byte {e.start} is not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+    return f"{path}: not a CSV/TSV text file ({why})"
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,7 @@ def read_fasta_spans(
         try:
             seq = alphabet.clean(raw.body, record=rid, unknown=unknown)
         except InvalidSequenceError as e:
-            raise FastaError(f"{name}: line {_residue_line(raw, e.position)}: {e}") from e
+            raise e.within(FastaError, f"{name}: line {_residue_line(raw, e.position)}") from e
         if not seq:
             raise FastaError(f"{name}: line {raw.line}: record {rid!r} has an empty sequence")
         yield Record(rid, raw.header, seq), raw.start, raw.end
