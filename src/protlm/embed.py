@@ -38,6 +38,7 @@ class EmbedConfig:
     long: str = "truncate"  # sequences over the model limit: truncate | window | error
     chunk_residues: int = 4_000_000  # residues read into memory (and sorted) at a time
     max_padding: float = 0.05  # close a batch before padding exceeds 5% of its tokens
+    unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
 
     def __post_init__(self):
         bad = [i for i in self.include if i not in INCLUDES]
@@ -88,10 +89,10 @@ def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
-def scan_fasta(path: str | Path, alphabet: Alphabet | None = None) -> FastaSummary:
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None) -> FastaSummary:
     """Validate every record (FastaError on the first problem) and collect IDs and lengths."""
     summary = FastaSummary(Path(path))
-    for rec in read_fasta(path, alphabet):
+    for rec in read_fasta(path, alphabet, unknown):
         # IDs become HDF5 group names and file names: a '/' would nest groups or directories.
         if "/" in rec.id or rec.id in (".", ".."):
             raise EmbedError(f"{path}: record {rec.id!r}: IDs used as output names may not "
@@ -201,7 +202,7 @@ def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConf
     """
     layers = resolve_layers(cfg.repr_layers, model.num_layers)
     max_len = model.config.max_sequence_length
-    records = (r for r in read_fasta(fasta, alphabet) if r.id not in skip)
+    records = (r for r in read_fasta(fasta, alphabet, cfg.unknown) if r.id not in skip)
 
     def cost(r: Record) -> int:
         return sum(e - s + 2 for s, e in _spans(len(r.sequence), max_len, cfg.long))
@@ -251,7 +252,7 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
-    summary = scan_fasta(fasta)
+    summary = scan_fasta(fasta, unknown=cfg.unknown)
     model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
     check_lengths(summary, model.config.max_sequence_length, cfg.long)
     layers = resolve_layers(cfg.repr_layers, model.num_layers)
