@@ -22,12 +22,12 @@ STANDARD_AAS = "ACDEFGHIKLMNPQRSTVWY"
 class InvalidSequenceError(ProtlmError, ValueError):
     """A residue outside the alphabet; names the record and the 1-based position."""
 
+    hint = "use unknown='X' to map such characters to X"
+    cli_hint = "use --unknown-to-x to map such characters to X"
+
     def __init__(self, record: str, position: int, char: str):
         self.record, self.position, self.char = record, position, char
-        super().__init__(
-            f"record {record!r}: invalid residue {char!r} at position {position} "
-            "(use unknown='X' to map such characters to X)"
-        )
+        super().__init__(f"record {record!r}: invalid residue {char!r} at position {position}")
 
 
 def _build_vocab() -> list[str]:

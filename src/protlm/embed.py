@@ -38,6 +38,7 @@ class EmbedConfig:
     long: str = "truncate"  # sequences over the model limit: truncate | window | error
     chunk_residues: int = 4_000_000  # residues read into memory (and sorted) at a time
     max_padding: float = 0.05  # close a batch before padding exceeds 5% of its tokens
+    unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
 
     def __post_init__(self):
         bad = [i for i in self.include if i not in INCLUDES]
@@ -65,7 +66,7 @@ class EmbedResult:
 
 
 @dataclass
-class FastaIndex:
+class FastaSummary:
     """What the validating pass keeps: IDs and lengths, never sequences."""
 
     path: Path
@@ -88,26 +89,26 @@ def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
-def scan_fasta(path: str | Path, alphabet: Alphabet | None = None) -> FastaIndex:
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None) -> FastaSummary:
     """Validate every record (FastaError on the first problem) and collect IDs and lengths."""
-    index = FastaIndex(Path(path))
-    for rec in read_fasta(path, alphabet):
+    summary = FastaSummary(Path(path))
+    for rec in read_fasta(path, alphabet, unknown):
         # IDs become HDF5 group names and file names: a '/' would nest groups or directories.
         if "/" in rec.id or rec.id in (".", ".."):
             raise EmbedError(f"{path}: record {rec.id!r}: IDs used as output names may not "
                              "contain '/' or be '.' or '..'")
-        index.ids.append(rec.id)
-        index.lengths.append(len(rec.sequence))
-    return index
+        summary.ids.append(rec.id)
+        summary.lengths.append(len(rec.sequence))
+    return summary
 
 
-def check_lengths(index: FastaIndex, max_len: int, long: str) -> None:
+def check_lengths(summary: FastaSummary, max_len: int, long: str) -> None:
     """With long='error', name the first record over the model's limit (before any compute)."""
     if long != "error":
         return
-    for rid, n in zip(index.ids, index.lengths):
+    for rid, n in zip(summary.ids, summary.lengths):
         if n > max_len:
-            raise EmbedError(f"{index.path}: record {rid!r} has {n} residues, over the model's "
+            raise EmbedError(f"{summary.path}: record {rid!r} has {n} residues, over the model's "
                              f"limit of {max_len}; use --long truncate or --long window")
 
 
@@ -201,7 +202,7 @@ def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConf
     """
     layers = resolve_layers(cfg.repr_layers, model.num_layers)
     max_len = model.config.max_sequence_length
-    records = (r for r in read_fasta(fasta, alphabet) if r.id not in skip)
+    records = (r for r in read_fasta(fasta, alphabet, cfg.unknown) if r.id not in skip)
 
     def cost(r: Record) -> int:
         return sum(e - s + 2 for s, e in _spans(len(r.sequence), max_len, cfg.long))
@@ -251,17 +252,17 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
-    index = scan_fasta(fasta)
+    summary = scan_fasta(fasta, unknown=cfg.unknown)
     model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
-    check_lengths(index, model.config.max_sequence_length, cfg.long)
+    check_lengths(summary, model.config.max_sequence_length, cfg.long)
     layers = resolve_layers(cfg.repr_layers, model.num_layers)
     meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
             "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
     out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
     done = out.done_ids()
     model = prepare_model(model, device, dtype)
-    todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
-    stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}
+    todo = [(rid, n) for rid, n in zip(summary.ids, summary.lengths) if rid not in done]
+    stats = {"records": len(summary.ids), "skipped": len(summary.ids) - len(todo), "written": 0}
     if not todo and not out.unfinished():
         return stats
     out.begin()

@@ -138,16 +138,16 @@ def test_window_averages_overlaps(few):
 
 
 def test_long_error_names_record(few):
-    index = scan_fasta(few)
-    check_lengths(index, 1022, "error")
+    summary = scan_fasta(few)
+    check_lengths(summary, 1022, "error")
     with pytest.raises(EmbedError, match=r"UniRef50_A0A090SUK6.*99 residues.*limit of 90"):
-        check_lengths(index, 90, "error")
+        check_lengths(summary, 90, "error")
 
 
 def test_scan_fasta_keeps_ids_and_lengths_only(few, tmp_path):
-    index = scan_fasta(few)
-    assert index.ids == ["UniRef50_UPI0003108055", "UniRef50_A0A223SCH7", "UniRef50_A0A090SUK6"]
-    assert list(index.lengths) == [80, 71, 99] and index.total_residues == 250
+    summary = scan_fasta(few)
+    assert summary.ids == ["UniRef50_UPI0003108055", "UniRef50_A0A223SCH7", "UniRef50_A0A090SUK6"]
+    assert list(summary.lengths) == [80, 71, 99] and summary.total_residues == 250
     bad = tmp_path / "slash.fasta"
     write_fasta([("ok", "MKV"), ("sp/P1", "MKV")], bad)
     with pytest.raises(EmbedError, match=r"'sp/P1'"):

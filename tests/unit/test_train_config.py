@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,20 @@ def test_overrides_are_typed_and_nested(tmp_path):
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle):
         load_config(None, [override])
+
+
+def test_loads_without_tomllib_as_on_python_3_10(tmp_path):
+    """requires-python says 3.10, which has no tomllib: the config must load through tomli."""
+    path = tmp_path / "c.toml"
+    path.write_text('[optim]\nlr = 1e-3\n')
+    code = ("import sys; sys.modules['tomllib'] = None\n"  # `import tomllib` now fails, as on 3.10
+            "from protlm.train import config\n"
+            f"cfg = config.load_config({str(path)!r}, ['optim.betas=[0.8, 0.9]'])\n"
+            "print(config.tomllib.__name__, cfg.optim.lr, cfg.optim.betas)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tomli", "0.001", "(0.8,", "0.9)"]
 
 
 def test_defaults_are_the_published_optimiser():

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
+from protlm.cli.options import unknown_arg, unknown_to_x
+
 HEADS = ["attention", "bilinear"]
-
-
-def _errors(fn):
-    """Known input errors -> a clean message and exit status 1, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from protlm.alphabet import InvalidSequenceError
-        from protlm.contacts.structures import StructureError
-        from protlm.data.fasta import FastaError
-
-        try:
-            return fn(*args, **kwargs)
-        except (StructureError, FastaError, InvalidSequenceError, FileNotFoundError, ValueError, KeyError) as e:
-            raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
-    return wrapper
 
 
 @click.group()
@@ -44,15 +30,16 @@ _weights = click.option("--head-weights", type=click.Path(exists=True), default=
 @_weights
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="folder for <id>.npy and <id>.png")
 @click.option("--structure", default=None, help="FILE[:CHAIN]: draw its true contacts over the prediction")
-@_errors
-def predict(fasta, model_name, head, head_weights, output, structure):
+@unknown_to_x
+def predict(fasta, model_name, head, head_weights, output, structure, unknown_to_x):
     """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
     from protlm.contacts import pipeline
     from protlm.data.fasta import load_fasta
     from protlm.pretrained.load import model_identity
 
     model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
-    records = load_fasta(fasta, alphabet=alphabet)  # validated before any output is written
+    # validated before any output is written
+    records = load_fasta(fasta, alphabet=alphabet, unknown=unknown_arg(unknown_to_x))
     truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
     settings = {"model": model_identity(model_name), "head": head, "structure": structure,
                 "head_weights": model_identity(head_weights) if head_weights else None}
@@ -76,7 +63,6 @@ def predict(fasta, model_name, head, head_weights, output, structure):
 @click.option("--C", "C", type=float, default=0.15, show_default=True, help="attention: inverse L1 strength")
 @click.option("--proj-dim", type=int, default=128, show_default=True, help="bilinear: k")
 @click.option("--epochs", type=int, default=200, show_default=True, help="bilinear: full-batch steps")
-@_errors
 def fit(model_name, head, structures, output, C, proj_dim, epochs):
     """Train a contact head on structures with the language model frozen."""
     from protlm.contacts import pipeline
@@ -101,7 +87,6 @@ def fit(model_name, head, structures, output, C, proj_dim, epochs):
               help="folder of structures, or FILE[:CHAIN] (repeatable)")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="default: stdout")
-@_errors
 def evaluate(model_name, head, head_weights, structures, fmt, output):
     """Precision at L, L/2, L/5 for short, medium and long range, per protein and averaged."""
     from protlm.contacts import pipeline

@@ -15,10 +15,6 @@ import click
 def command(src: str, dst: str, to: str, dtype: str | None) -> None:
     """Convert SRC (published name, fair-esm .pt, HF folder or protlm folder) into folder DST."""
     from protlm.pretrained.convert import convert_checkpoint
-    from protlm.pretrained.load import CheckpointError
 
-    try:
-        out = convert_checkpoint(src, dst, to=to, dtype=dtype)
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
-        raise click.ClickException(str(e).strip("'\"")) from None
+    out = convert_checkpoint(src, dst, to=to, dtype=dtype)
     click.echo(f"wrote {to} checkpoint to {out}")

@@ -6,6 +6,7 @@ import re
 
 import click
 
+from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.embed import DTYPES, INCLUDES, LONG_MODES
 
 
@@ -53,18 +54,13 @@ class _MultiValueCommand(click.Command):
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@unknown_to_x
 def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, progress):
+            fmt, progress, unknown_to_x):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
-    from protlm.data.fasta import FastaError
-    from protlm.embed import EmbedConfig, EmbedError, embed_to_file
-    from protlm.embed_io import OutputMismatchError
-    from protlm.pretrained.load import CheckpointError
+    from protlm.embed import EmbedConfig, embed_to_file
 
-    try:
-        include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
-        cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long)
-        stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress)
-    except (FastaError, EmbedError, OutputMismatchError, CheckpointError, FileNotFoundError, KeyError) as e:
-        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
+    cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x))
+    stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress)
     click.echo(f"{stats['written']} records written, {stats['skipped']} already in {output}", err=True)

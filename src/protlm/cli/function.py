@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import click
 
+from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.tasks.heads import HEADS, TASKS
 from protlm.tasks.pooling import POOLINGS
 
-
-
-def _input_errors() -> tuple[type[Exception], ...]:
-    """Errors about the user's input or options: reported as one line and exit status 1."""
-    from protlm.data.fasta import FastaError
-    from protlm.pretrained.load import CheckpointError
-
-    return (FastaError, CheckpointError, FileNotFoundError, KeyError, ValueError)
-
-
-def _fail(e: Exception):
-    raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
 
 
 @click.group()
@@ -49,17 +38,17 @@ def command():
 @click.option("--toks-per-batch", type=int, default=4096, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@unknown_to_x
 def fit(data, model_name, target, label_from_header, task, head, output, group, group_from_header,
-        id_column, sequence_column, layer, pooling, folds, seed, cache_dir, toks_per_batch, device, progress):
+        id_column, sequence_column, layer, pooling, folds, seed, cache_dir, toks_per_batch, device, progress,
+        unknown_to_x):
     """Cross-validate and fit a head on DATA (CSV/TSV, or FASTA with labels in headers)."""
     from protlm.tasks.function import FitConfig, fit_function
 
-    try:
-        cfg = FitConfig(model_name, target, task, head, label_from_header, group, group_from_header,
-                        id_column, sequence_column, layer, pooling, folds, seed, toks_per_batch, device)
-        meta = fit_function(data, cfg, output, cache_dir, progress=progress)
-    except _input_errors() as e:  # LabelError, bad options and head/task mismatches are ValueErrors
-        _fail(e)
+    cfg = FitConfig(model_name, target, task, head, label_from_header, group, group_from_header,
+                    id_column, sequence_column, layer, pooling, folds, seed, toks_per_batch, device,
+                    unknown=unknown_arg(unknown_to_x))
+    meta = fit_function(data, cfg, output, cache_dir, progress=progress)
     cv = meta["cv"]
     stats = ", ".join(f"{k} {v:.3f} ± {cv['std'][k]:.3f}" for k, v in cv["mean"].items())
     click.echo(f"{cv['folds']}-fold CV ({meta['n_train']} records): {stats}")
@@ -75,13 +64,11 @@ def fit(data, model_name, target, label_from_header, task, head, output, group, 
 @click.option("--toks-per-batch", type=int, default=4096, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def predict(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device, progress):
+@unknown_to_x
+def predict(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device, progress, unknown_to_x):
     """Apply a saved head to every record of FASTA."""
     from protlm.tasks.function import predict_function
 
-    try:
-        n = predict_function(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device,
-                             progress=progress)
-    except _input_errors() as e:
-        _fail(e)
+    n = predict_function(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device,
+                         progress=progress, unknown=unknown_arg(unknown_to_x))
     click.echo(f"{n} predictions -> {output}", err=True)

@@ -21,6 +21,14 @@ SUBCOMMANDS = {
 }
 
 
+class ReportedError(click.ClickException):
+    """A ProtlmError as click reports it: `Error: <message>` on stderr, the error's exit code."""
+
+    def __init__(self, error: ProtlmError):
+        super().__init__(error.cli_message())
+        self.exit_code = error.exit_code
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(SUBCOMMANDS)
@@ -30,6 +38,14 @@ class LazyGroup(click.Group):
             return None
         return importlib.import_module(SUBCOMMANDS[name]).command
 
+    def invoke(self, ctx):
+        # The one place user errors are reported, for `main` and for click's own runners alike
+        # (tests call `cli` through CliRunner); every other exception keeps its traceback.
+        try:
+            return super().invoke(ctx)
+        except ProtlmError as e:
+            raise ReportedError(e) from None
+
 
 @click.group(cls=LazyGroup)
 @click.version_option(package_name="protlm")
@@ -38,12 +54,10 @@ def cli():
 
 
 def main(argv=None):
-    """Entry point: user errors (ProtlmError) print one line and exit 1; bugs keep their traceback."""
+    """Entry point: user errors (ProtlmError, see LazyGroup.invoke) print one message and exit
+    non-zero; bugs keep their traceback."""
     try:
         cli.main(args=argv, standalone_mode=False)
-    except ProtlmError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)

@@ -15,10 +15,7 @@ def command(config, overrides, resume):
     from protlm.train.config import load_config
     from protlm.train.loop import train
 
-    try:
-        cfg = load_config(config, list(overrides))
-    except (ValueError, OSError) as e:
-        raise click.UsageError(str(e)) from None
+    cfg = load_config(config, list(overrides))  # a bad config is a ConfigError: exit status 2
     metrics = train(cfg, resume=resume)
     if metrics:
         click.echo(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

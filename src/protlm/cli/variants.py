@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.tasks.variants import METHODS
 
 
@@ -26,15 +27,12 @@ def command():
 @click.option("--batch-size", type=int, default=8, show_default=True, help="sequences per forward pass")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, progress):
+@unknown_to_x
+def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, progress,
+          unknown_to_x):
     """Score every mutant of MUTATIONS against the wild type; writes the rows plus a score."""
-    from protlm.data.fasta import FastaError
-    from protlm.pretrained.load import CheckpointError
-    from protlm.tasks.variants import MutationError, score_file
+    from protlm.tasks.variants import score_file
 
-    try:
-        n = score_file(model_name, wt_fasta, mutations, output, method, column, offset,
-                       batch_size, device, progress)
-    except (FastaError, MutationError, CheckpointError, FileNotFoundError, KeyError) as e:
-        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    n = score_file(model_name, wt_fasta, mutations, output, method, column, offset,
+                   batch_size, device, progress, unknown=unknown_arg(unknown_to_x))
     click.echo(f"{n} mutants scored ({method}) -> {output}", err=True)

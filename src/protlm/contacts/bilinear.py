@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from protlm.errors import InputError, NotFoundError
+from protlm.pretrained.load import CheckpointError, load_safetensors
 
 WEIGHTS_FILE = "bilinear_contact.safetensors"
 CONFIG_FILE = "bilinear_contact.json"
@@ -55,6 +58,11 @@ class BilinearTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     seed: int = 0
+
+    def __post_init__(self):
+        if self.proj_dim <= 0 or self.epochs < 0:
+            raise InputError(f"--proj-dim must be positive and --epochs not negative, got "
+                             f"{self.proj_dim} and {self.epochs}")
 
 
 def _pair_targets(contacts_LL: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +120,16 @@ def save_bilinear(head: BilinearContactHead, folder: str | Path) -> Path:
 def load_bilinear(folder: str | Path) -> BilinearContactHead:
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} (train one with `protlm contacts fit --head bilinear`)")
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    fields = {k: meta[k] for k in BilinearConfig.__dataclass_fields__ if k in meta}
-    head = BilinearContactHead(BilinearConfig(**fields))
-    head.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        raise NotFoundError(f"{folder}: no {CONFIG_FILE} (train one with `protlm contacts fit --head bilinear`)")
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        head = BilinearContactHead(BilinearConfig(**{k: meta[k] for k in BilinearConfig.__dataclass_fields__
+                                                     if k in meta}))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not a bilinear head config ({e})") from None
+    state = load_safetensors(folder / WEIGHTS_FILE)
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # torch's message lists the missing, unexpected and misshapen keys
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: does not match {CONFIG_FILE}: {e}") from None
     return head.eval()

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from protlm.errors import InputError, NotFoundError
 from protlm.models.esm import ESM
+from protlm.pretrained.load import CheckpointError, load_safetensors, safe_torch_load
 
 MIN_SEP = 6  # pairs closer in sequence are not features (as in the ESM-1b paper's training)
 REGRESSION_FILE = "contact_regression.safetensors"
@@ -40,8 +42,10 @@ def fit_regression(x_PX: np.ndarray, y_P: np.ndarray, C: float = 0.15, seed: int
     """
     from sklearn.linear_model import LogisticRegression
 
+    if C <= 0:
+        raise InputError(f"--C must be positive, got {C}")
     if len(np.unique(y_P)) < 2:
-        raise ValueError("training pairs need both contacts and non-contacts")
+        raise InputError("training pairs need both contacts and non-contacts")
     # l1_ratio=1 is the pure L1 penalty (scikit-learn >= 1.8 spelling of penalty="l1").
     clf = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", max_iter=1000, random_state=seed)
     clf.fit(x_PX, y_P)
@@ -73,14 +77,14 @@ def read_regression(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / REGRESSION_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"contact regression file not found: {path}")
+        raise NotFoundError(f"contact regression file not found: {path}")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = load_safetensors(path)
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(path)
         state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
-        raise ValueError(f"{path}: not a contact-regression file (needs {list(KEYS)})")
+        raise CheckpointError(f"{path}: not a contact-regression file (needs {list(KEYS)})")
     return {k: state[k] for k in KEYS}
 
 
@@ -91,7 +95,7 @@ def load_contact_regression(model: ESM, path: str | Path) -> ESM:
     want = {KEYS[0]: tuple(head.weight.shape), KEYS[1]: tuple(head.bias.shape)}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != want:
-        raise ValueError(f"{path}: regression shapes {got} do not fit this model's contact head {want}")
+        raise CheckpointError(f"{path}: regression shapes {got} do not fit this model's contact head {want}")
     with torch.no_grad():
         head.weight.copy_(state[KEYS[0]])
         head.bias.copy_(state[KEYS[1]])

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.alphabet import Alphabet
+from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.contacts.bilinear import BilinearContactHead, BilinearTrainConfig, load_bilinear, train_bilinear
 from protlm.contacts.fit import fit_regression, pair_dataset
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import attention_features, predict_contacts, representations
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
+from protlm.errors import InputError
 from protlm.models.esm import ESM
 
 
@@ -24,7 +25,10 @@ def load_structures(specs: Sequence[str | Path], alphabet: Alphabet) -> list[Cha
     chains = []
     for spec in specs:
         chain = load_chain(*split_spec(str(spec)))
-        alphabet.clean(chain.sequence, record=f"{chain.source}:{chain.chain}")
+        try:
+            alphabet.clean(chain.sequence, record=f"{chain.source}:{chain.chain}")
+        except InvalidSequenceError as e:  # without the unknown='X' hint: no option maps these
+            raise StructureError(e.args[0]) from None
         chains.append(chain)
     return chains
 
@@ -71,7 +75,7 @@ def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactH
     """The bilinear head at `head_path`, else the one saved beside (inside) the model folder."""
     if head_path is None:
         if not Path(model_path).is_dir():
-            raise FileNotFoundError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
+            raise InputError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
         head_path = Path(model_path) / "bilinear_contact"
     return load_bilinear(head_path)
 
@@ -92,10 +96,13 @@ def _claim_output(output: Path, settings: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     path = output / SETTINGS_FILE
     if path.exists():
-        found = json.loads(path.read_text())
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            raise InputError(f"{path}: not valid JSON; use another --output folder") from None
         if found != settings:
             diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
-            raise ValueError(f"{output}: holds maps made with other settings {diff} (found, asked); "
+            raise InputError(f"{output}: holds maps made with other settings {diff} (found, asked); "
                              "use another --output folder")
         return
     fd, tmp = tempfile.mkstemp(dir=output, prefix=f".{SETTINGS_FILE}.")
@@ -127,7 +134,7 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
         true_LL = None
         if truth is not None:
             if truth.sequence != rec.sequence:
-                raise ValueError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
+                raise InputError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
                                  f"{truth.source}:{truth.chain} (L={len(truth.sequence)})")
             true_LL = truth.contacts()
         _save_npy(npy, pred_LL)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
+from protlm.errors import InputError
+
 T = TypeVar("T")
 
 
@@ -24,9 +26,9 @@ def token_budget_batches(costs: Sequence[int], toks_per_batch: int,
     budget-filled batches with 35% padding). Ties keep input order, so batches are deterministic.
     """
     if toks_per_batch <= 0:
-        raise ValueError(f"toks_per_batch must be positive, got {toks_per_batch}")
+        raise InputError(f"toks_per_batch must be positive, got {toks_per_batch}")
     if max_padding is not None and max_padding < 0:
-        raise ValueError(f"max_padding must be >= 0, got {max_padding}")
+        raise InputError(f"max_padding must be >= 0, got {max_padding}")
     order = sorted(range(len(costs)), key=lambda i: costs[i])
     batches: list[list[int]] = []
     current: list[int] = []

@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import shutil
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from protlm.alphabet import Alphabet, InvalidSequenceError
-from protlm.data.fasta import FastaError, Record
+from protlm.alphabet import Alphabet
+from protlm.data.fasta import Record, is_gzip, read_fasta_spans
 
 COLUMNS = ("start", "end", "length", "id_hash")
 _VERSION = 1
@@ -30,55 +31,21 @@ def id_hash(record_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
 def _stamp(path: Path) -> dict:
     st = path.stat()
     return {"version": _VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _scan(path: Path, rows_out, alphabet: Alphabet) -> int:
-    """Stream the file once, writing one int64 row per record; validates as it goes."""
-    n, start, header, header_line, length, ids = 0, None, None, 0, 0, set()
-
-    def flush(end: int):
-        nonlocal n
-        if header is None:
-            return
-        rid = header.split()[0] if header.split() else ""
-        if not rid:
-            raise FastaError(f"{path}: line {header_line}: empty header")
-        if rid in ids:  # a set of IDs is the one structure that grows; UniRef IDs are short
-            raise FastaError(f"{path}: line {header_line}: duplicate record ID {rid!r}")
-        if length == 0:
-            raise FastaError(f"{path}: line {header_line}: record {rid!r} has no sequence")
-        ids.add(rid)
-        rows_out.write(np.array([start, end, length, id_hash(rid)], dtype=np.int64).tobytes())
+def _scan(path: Path, rows_out, alphabet: Alphabet, name: str) -> int:
+    """Validate the file (read_fasta's rules and messages) and write one int64 row per record."""
+    n, rows = 0, array("q")
+    for rec, start, end in read_fasta_spans(path, alphabet, name=name):
+        rows.extend((start, end, len(rec.sequence), id_hash(rec.id)))
         n += 1
-
-    with open(path, "rb") as fh:
-        offset, lineno = 0, 0
-        for raw in fh:
-            lineno += 1
-            if raw.startswith(b">"):
-                flush(offset)
-                start, header, header_line, length = offset, raw[1:].decode().strip(), lineno, 0
-            elif header is None:
-                if raw.strip():
-                    raise FastaError(f"{path}: line {lineno}: sequence data before the first '>' header")
-            else:
-                rid = header.split()[0] if header.split() else "?"
-                try:
-                    length += len(alphabet.clean(raw.decode(), record=rid))
-                except InvalidSequenceError as e:
-                    raise FastaError(f"{path}: line {lineno}: {e}") from None
-            offset += len(raw)
-        flush(offset)
-    if n == 0:
-        raise FastaError(f"{path}: no FASTA records found")
+        if len(rows) >= 1 << 16:
+            rows.tofile(rows_out)
+            del rows[:]
+    rows.tofile(rows_out)
     return n
 
 
@@ -92,12 +59,12 @@ class FastaIndex:
     @classmethod
     def open(cls, path: str | Path, alphabet: Alphabet | None = None) -> "FastaIndex":
         """Open `path`, building (atomically) or rebuilding a stale index first."""
-        path = Path(path)
-        if _is_gzip(path):
+        path = name = Path(path)
+        if is_gzip(path):
             path = _decompressed(path)
         idx, meta = Path(f"{path}.pidx"), Path(f"{path}.pidx.json")
         if not (meta.is_file() and idx.is_file() and json.loads(meta.read_text()).get("stamp") == _stamp(path)):
-            build_index(path, alphabet or Alphabet())
+            build_index(path, alphabet or Alphabet(), str(name))
         n = json.loads(meta.read_text())["n"]
         table = np.memmap(idx, dtype=np.int64, mode="r", shape=(n, len(COLUMNS)))
         return cls(path, table)
@@ -124,12 +91,13 @@ class FastaIndex:
         return Record(header.split()[0], header, seq[:-1] if seq.endswith("*") else seq)
 
 
-def build_index(path: Path, alphabet: Alphabet) -> None:
+def build_index(path: Path, alphabet: Alphabet, name: str | None = None) -> None:
+    """Write `<path>.pidx` and its metadata; errors call the file `name` (default: `path`)."""
     idx, meta = Path(f"{path}.pidx"), Path(f"{path}.pidx.json")
     tmp = Path(f"{idx}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as out:
-            n = _scan(path, out, alphabet)
+            n = _scan(path, out, alphabet, name or str(path))
         os.replace(tmp, idx)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from protlm.alphabet import Alphabet
+from protlm.errors import InputError
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
 
 # ---------------------------------------------------------------- fair-esm .pt files
@@ -299,7 +300,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str = "protlm",
     from protlm.pretrained.protlm_format import save_protlm
 
     if to not in FORMATS:
-        raise ValueError(f"unknown target format {to!r}; choose from {FORMATS}")
+        raise InputError(f"unknown target format {to!r}; choose from {FORMATS}")
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
     torch_dtype = DTYPES[dtype] if dtype else None
     model, _ = load_model_and_alphabet(src)
     if to == "hf":

@@ -8,7 +8,6 @@ Loading is strict: every key and shape must match, apart from an explicit list a
 
 from __future__ import annotations
 
-from protlm.errors import ProtlmError
 import importlib.resources
 import json
 import pickle
@@ -20,9 +19,9 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from protlm.alphabet import Alphabet
+from protlm.errors import NotFoundError, ProtlmError
 from protlm.models.config import ESMConfig
 from protlm.models.esm import ESM, build_model
-from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
 from protlm.pretrained import convert, download, protlm_format, registry
 
 # The only non-tensor class published fair-esm files need (see the module docstring).
@@ -39,6 +38,11 @@ class CheckpointError(ProtlmError, ValueError):
 def safe_torch_load(path: str | Path) -> Any:
     """torch.load with weights_only=True and only SAFE_GLOBALS allowed; clear errors."""
     path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"no such checkpoint file: {path}")
+    if not _starts_like_checkpoint(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                              "is it the right file?")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
@@ -61,6 +65,15 @@ def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
+def _starts_like_checkpoint(path: Path) -> bool:
+    # torch.save writes a zip archive, or (legacy) pickles of protocol >= 2, which open with the
+    # PROTO opcode 0x80. Anything else, e.g. a text file, would reach the unpickler and fail with
+    # a bare KeyError: 101. Empty and truncated files pass here and are reported as truncated.
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head in (b"", b"PK\x03\x04") or head.startswith(b"\x80")
+
+
 def _detail(e: Exception) -> str:
     """The informative part of torch's long weights-only message (e.g. the refused GLOBAL)."""
     boiler = ("Weights only load failed", "Check the documentation", "Please file an issue")
@@ -69,10 +82,13 @@ def _detail(e: Exception) -> str:
     return " ".join(useful)[:300] or type(e).__name__
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (never runs code); CheckpointError when it is broken."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not Path(path).is_file():
+        raise NotFoundError(f"no such weights file: {path}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -156,7 +172,7 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
             raise CheckpointError(f"{reg_path}: not a contact-regression file")
         state.update(reg_state)
     elif regression:
-        raise FileNotFoundError(f"contact regression file not found: {reg_path}")
+        raise NotFoundError(f"contact regression file not found: {reg_path}")
     left = load_state_strict(model, state, str(path), allowed_missing=CONTACT_KEYS)
     model.contact_head.fitted = not left
     return model
@@ -164,11 +180,11 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
 
 def _hf_state(path: Path) -> dict[str, torch.Tensor]:
     if (path / "model.safetensors").is_file():
-        return _load_safetensors(path / "model.safetensors")
+        return load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for s in shards for k, v in _load_safetensors(path / s).items()}
+        return {k: v for s in shards for k, v in load_safetensors(path / s).items()}
     if (path / "pytorch_model.bin").is_file():
         return safe_torch_load(path / "pytorch_model.bin")
     raise CheckpointError(f"{path}: HF folder without model.safetensors or pytorch_model.bin")
@@ -248,12 +264,9 @@ def load_path(path: str | Path) -> ESM:
     path = Path(path)
     if path.is_dir():
         if protlm_format.is_protlm_dir(path):
-            from safetensors import SafetensorError
+            from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression  # fit imports this module
 
-            try:
-                model = protlm_format.load_protlm(path)
-            except (ValueError, TypeError, KeyError, SafetensorError) as e:
-                raise CheckpointError(f"{path}: cannot load protlm checkpoint: {e}") from None
+            model = protlm_format.load_protlm(path)
             beside = path / REGRESSION_FILE  # a fitted attention head shipped with the weights
             if beside.is_file():
                 load_contact_regression(model, beside)
@@ -265,7 +278,7 @@ def load_path(path: str | Path) -> ESM:
         if path.suffix == ".safetensors":
             raise CheckpointError(f"{path}: pass the folder holding config.json, not the weights file")
         return load_fair_esm(path)
-    raise FileNotFoundError(f"no such checkpoint: {path}")
+    raise NotFoundError(f"no such checkpoint: {path}")
 
 
 def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None):
@@ -280,9 +293,9 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
     elif text in registry.REGISTRY:
         model = load_published(text)
     elif text.endswith(".pt") or "/" in text or "\\" in text:
-        raise FileNotFoundError(f"no such checkpoint: {text}")
+        raise NotFoundError(f"no such checkpoint: {text}")
     else:
-        registry.get(text)  # raises KeyError listing the published names
+        registry.get(text)  # raises UnknownModelError listing the published names
         raise AssertionError("unreachable")
     if device is not None:
         model = model.to(device)

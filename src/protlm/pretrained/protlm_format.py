@@ -59,9 +59,15 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
 
 
 def read_protlm_config(path: str | Path) -> dict[str, Any]:
-    meta = json.loads((Path(path) / CONFIG_FILE).read_text())
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path}: not a protlm checkpoint (config.json has no format='protlm')")
+    from protlm.pretrained.load import CheckpointError  # load imports this module
+
+    config = Path(path) / CONFIG_FILE
+    try:
+        meta = json.loads(config.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{config}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a protlm checkpoint (config.json has no format='protlm')")
     return meta
 
 
@@ -70,14 +76,27 @@ def load_protlm_state(weights: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_protlm(path: str | Path, weights_file: str | Path | None = None) -> ESM:
-    """Build the model from `config.json` and load `model.safetensors` strictly (fp32)."""
+    """Build the model from `config.json` and load `model.safetensors` strictly (fp32).
+
+    CheckpointError when config.json is not a model description or the weights do not match
+    it (every missing, unexpected and misshapen key listed)."""
+    from safetensors import SafetensorError
+
+    from protlm.pretrained.load import CheckpointError, load_state_strict  # load imports this module
+
     meta = read_protlm_config(path)
-    model = build_model(ESMConfig.from_dict(meta["model"]))
-    state = load_protlm_state(weights_file or Path(path) / WEIGHTS_FILE)
-    state = {k: v.float() for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in TIED_KEYS]
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
+    try:
+        config = ESMConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot load protlm checkpoint: {CONFIG_FILE} is not a model "
+                              f"description ({type(e).__name__}: {e})") from None
+    model = build_model(config)
+    weights = Path(weights_file or Path(path) / WEIGHTS_FILE)
+    try:
+        state = load_protlm_state(weights)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot load protlm checkpoint: {weights.name} is missing, "
+                              f"corrupt or truncated ({e})") from None
+    load_state_strict(model, state, str(path))
     model.contact_head.fitted = bool(meta.get("contact_head_fitted", False))
     return model

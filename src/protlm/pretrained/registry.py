@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protlm.errors import ProtlmError
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm"
@@ -58,11 +59,16 @@ def register(entry: ModelEntry) -> None:
     REGISTRY[entry.name] = entry
 
 
+class UnknownModelError(ProtlmError, KeyError):
+    """A model name that is neither published nor a path; the message lists the published names."""
+
+
 def get(name: str) -> ModelEntry:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; published names: {', '.join(sorted(REGISTRY))}") from None
+        raise UnknownModelError(f"unknown model {name!r}; published names: "
+                                f"{', '.join(sorted(REGISTRY))}") from None
 
 
 # The default model shipped inside protlm: ESM-2 architecture (esm2_t6_8M shape) trained by

@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+from protlm.errors import InputError
+
 
 def classification_metrics(y_true, y_pred) -> dict[str, float]:
     """Accuracy, macro-averaged F1 and Matthews correlation."""
@@ -41,17 +43,21 @@ def fold_indices(n: int, k: int, task: str, y=None, groups=None, seed: int = 0) 
     from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
     if k < 2:
-        raise ValueError(f"--folds must be at least 2, got {k}")
+        raise InputError(f"--folds must be at least 2, got {k}")
+    labels = None
     if groups is not None:
         n_groups = len(set(groups))
         if n_groups < k:
-            raise ValueError(f"{n_groups} distinct groups cannot make {k} folds")
-        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros(n), groups=np.asarray(groups)))
-    if task == "classification":
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros(n), np.asarray(y).astype(str)))
-    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n)))
+            raise InputError(f"{n_groups} distinct groups cannot make {k} folds")
+        splitter, groups = GroupKFold(n_splits=k, shuffle=True, random_state=seed), np.asarray(groups)
+    elif task == "classification":
+        splitter, labels = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed), np.asarray(y).astype(str)
+    else:
+        splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
+    try:
+        return list(splitter.split(np.zeros(n), labels, groups))
+    except ValueError as e:  # scikit-learn's word on data too small for k folds
+        raise InputError(f"cannot make {k} folds of {n} records: {e}") from None
 
 
 def cross_validate(x_ND: np.ndarray, y_N: np.ndarray, task: str,

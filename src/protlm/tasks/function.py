@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.errors import InputError, NotFoundError
 from protlm.pretrained.load import model_identity
 from protlm.tasks import evaluate, heads
 from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
@@ -39,14 +40,15 @@ class FitConfig:
     seed: int = 0
     toks_per_batch: int = 4096
     device: str | None = None
+    unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
 
     def __post_init__(self):
         if self.task not in heads.TASKS:
-            raise ValueError(f"--task must be one of {heads.TASKS}, got {self.task!r}")
+            raise InputError(f"--task must be one of {heads.TASKS}, got {self.task!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise InputError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head is not None and self.head not in heads.HEADS:
-            raise ValueError(f"--head must be one of {heads.HEADS}, got {self.head!r}")
+            raise InputError(f"--head must be one of {heads.HEADS}, got {self.head!r}")
 
     @property
     def head_kind(self) -> str:
@@ -98,17 +100,25 @@ def save_head(head: heads.Head, out_dir: str | Path, meta: dict) -> None:
 
 
 def load_head(head_dir: str | Path) -> tuple[heads.Head, dict]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     d = Path(head_dir)
     if not (d / "head.json").is_file() or not (d / "head.safetensors").is_file():
-        raise FileNotFoundError(f"{d}: not a head dir (needs head.json and head.safetensors; "
-                                "make one with `protlm function fit`)")
-    meta = json.loads((d / "head.json").read_text())
-    if meta.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{d}/head.json: format {meta.get('format')!r} is not {HEAD_FORMAT!r}")
-    head = heads.head_from_arrays(load_file(str(d / "head.safetensors")), meta["kind"], meta["task"], meta["classes"])
-    return head, meta
+        raise NotFoundError(f"{d}: not a head dir (needs head.json and head.safetensors; "
+                            "make one with `protlm function fit`)")
+    try:
+        meta = json.loads((d / "head.json").read_text())
+    except ValueError as e:
+        raise InputError(f"{d}/head.json: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{d}/head.json: format {found!r} is not {HEAD_FORMAT!r}")
+    try:
+        arrays = load_file(str(d / "head.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{d}/head.safetensors: corrupt or truncated ({e})") from None
+    return heads.head_from_arrays(arrays, meta["kind"], meta["task"], meta["classes"]), meta
 
 
 def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
@@ -118,9 +128,9 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
     Returns the saved metadata (CV metrics under 'cv'). All input errors come before compute.
     """
     if cfg.target is None and cfg.label_from_header is None:
-        raise ValueError("give --target COLUMN (CSV/TSV) or --label-from-header FIELD (FASTA)")
+        raise InputError("give --target COLUMN (CSV/TSV) or --label-from-header FIELD (FASTA)")
     data = load_labelled(data_path, cfg.target, cfg.label_from_header, cfg.id_column,
-                         cfg.sequence_column, cfg.group, cfg.group_from_header)
+                         cfg.sequence_column, cfg.group, cfg.group_from_header, cfg.unknown)
     y = as_targets(data, cfg.task, data_path)
     heads._estimator(cfg.head_kind, cfg.task, cfg.seed)  # head/task mismatch fails before compute
     folds = evaluate.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
@@ -141,18 +151,19 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
 
 def predict_function(fasta, head_dir, output, model: str | None = None, cache_dir=None,
                      toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                     progress: bool = True) -> int:
+                     progress: bool = True, unknown: str | None = None) -> int:
     """Apply a saved head to every record of a FASTA; write CSV `id,prediction` atomically.
 
     The model recorded in the head is used unless `model` overrides it (e.g. a moved path).
+    `unknown` (e.g. 'X') replaces characters outside the alphabet, as in read_fasta.
     """
     head, meta = load_head(head_dir)
-    data = load_fasta_labels(fasta, None)
+    data = load_fasta_labels(fasta, None, unknown=unknown)
     x = cached_embeddings(data.sequences, model or meta["model"], meta["layer"], meta["pooling"],
                           cache_dir or Path(head_dir) / "embedding_cache", toks_per_batch,
                           device, loader, progress)
     if x.shape[1] != head.mean_D.shape[0]:
-        raise ValueError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
+        raise InputError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
                          f"{head.mean_D.shape[0]}; use the model recorded in {head_dir}/head.json")
     pred = head.predict(x)
     out = Path(output)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
-from protlm.data.fasta import open_text, read_fasta
+from protlm.data.fasta import not_a_table, open_text, read_fasta
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 
@@ -42,7 +42,10 @@ def is_fasta(path: str | Path) -> bool:
     if name.endswith((".csv", ".tsv", ".tab", ".txt")):
         return False
     with open_text(path) as f:
-        return f.read(1) == ">"
+        try:
+            return f.read(1) == ">"
+        except UnicodeDecodeError:
+            return False  # load_table says what is wrong with it
 
 
 def header_field(description: str, index: int, path, rid: str) -> str:
@@ -54,10 +57,13 @@ def header_field(description: str, index: int, path, rid: str) -> str:
     return fields[index].strip()
 
 
-def load_fasta_labels(path, label_field: int | None, group_field: int | None = None) -> LabelledData:
-    """Records of a FASTA; labels (and groups) from header fields. No label field -> labels ''."""
+def load_fasta_labels(path, label_field: int | None, group_field: int | None = None,
+                      unknown: str | None = None) -> LabelledData:
+    """Records of a FASTA; labels (and groups) from header fields. No label field -> labels ''.
+
+    `unknown` (e.g. 'X') replaces characters outside the alphabet, as in read_fasta."""
     data = LabelledData([], [], [], [] if group_field is not None else None)
-    for rec in read_fasta(path):
+    for rec in read_fasta(path, unknown=unknown):
         data.ids.append(rec.id)
         data.sequences.append(rec.sequence)
         data.labels.append("" if label_field is None else header_field(rec.description, label_field, path, rec.id))
@@ -67,8 +73,15 @@ def load_fasta_labels(path, label_field: int | None, group_field: int | None = N
 
 
 def load_table(path, target: str | None, id_col: str = "id", seq_col: str = "sequence",
-               group_col: str | None = None) -> LabelledData:
+               group_col: str | None = None, unknown: str | None = None) -> LabelledData:
     """Rows of a CSV (or TSV, by suffix) with an ID, a sequence and (optionally) a label column."""
+    try:
+        return _read_table(path, target, id_col, seq_col, group_col, unknown)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(not_a_table(path, e)) from None
+
+
+def _read_table(path, target, id_col, seq_col, group_col, unknown) -> LabelledData:
     alphabet = Alphabet()
     delim = "\t" if str(path).lower().removesuffix(".gz").endswith((".tsv", ".tab")) else ","
     with open_text(path) as f:
@@ -85,9 +98,9 @@ def load_table(path, target: str | None, id_col: str = "id", seq_col: str = "seq
                 raise LabelError(f"{path}: line {line}: {'empty' if not rid else 'duplicate'} ID {rid!r}")
             seen.add(rid)
             try:
-                seq = alphabet.clean(row[seq_col] or "", rid)
+                seq = alphabet.clean(row[seq_col] or "", rid, unknown)
             except InvalidSequenceError as e:
-                raise LabelError(f"{path}: line {line}: {e}") from None
+                raise e.within(LabelError, f"{path}: line {line}") from None
             if not seq:
                 raise LabelError(f"{path}: line {line}: record {rid!r} has an empty sequence")
             data.ids.append(rid)
@@ -102,11 +115,11 @@ def load_table(path, target: str | None, id_col: str = "id", seq_col: str = "seq
 
 def load_labelled(path, target: str | None = None, label_field: int | None = None,
                   id_col: str = "id", seq_col: str = "sequence", group_col: str | None = None,
-                  group_field: int | None = None) -> LabelledData:
+                  group_field: int | None = None, unknown: str | None = None) -> LabelledData:
     """CSV/TSV (by `target` column) or FASTA (by `label_field` header field)."""
     if is_fasta(path):
-        return load_fasta_labels(path, label_field, group_field)
-    return load_table(path, target, id_col, seq_col, group_col)
+        return load_fasta_labels(path, label_field, group_field, unknown)
+    return load_table(path, target, id_col, seq_col, group_col, unknown)
 
 
 def as_targets(data: LabelledData, task: str, path="input") -> np.ndarray:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protlm.errors import InputError
+
 HEADS = ("ridge", "logistic", "mlp")
 TASKS = ("regression", "classification")
 
@@ -50,18 +52,18 @@ def _estimator(kind: str, task: str, seed: int):
 
     if kind == "ridge":
         if task != "regression":
-            raise ValueError("--head ridge is for regression; use logistic or mlp for classification")
+            raise InputError("--head ridge is for regression; use logistic or mlp for classification")
         return RidgeCV(alphas=np.logspace(-2, 5, 15))  # alpha by efficient leave-one-out
     if kind == "logistic":
         if task != "classification":
-            raise ValueError("--head logistic is for classification; use ridge or mlp for regression")
+            raise InputError("--head logistic is for classification; use ridge or mlp for regression")
         return LogisticRegression(max_iter=2000)
     if kind == "mlp":
         cls = MLPRegressor if task == "regression" else MLPClassifier
         # early stopping on a 10% split keeps the small-data MLP from memorising
         return cls(hidden_layer_sizes=(128,), alpha=1e-3, early_stopping=True, max_iter=500,
                    random_state=seed)
-    raise ValueError(f"head must be one of {HEADS}, got {kind!r}")
+    raise InputError(f"head must be one of {HEADS}, got {kind!r}")
 
 
 def fit_head(x_ND: np.ndarray, y_N: np.ndarray, kind: str, task: str, seed: int = 0) -> Head:
@@ -69,13 +71,16 @@ def fit_head(x_ND: np.ndarray, y_N: np.ndarray, kind: str, task: str, seed: int 
     from sklearn.preprocessing import StandardScaler
 
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise InputError(f"task must be one of {TASKS}, got {task!r}")
     scaler = StandardScaler().fit(x_ND)
     est = _estimator(kind, task, seed)
     y_fit = y_N.astype(str) if task == "classification" else y_N
     if task == "classification" and len(set(y_fit)) < 2:
-        raise ValueError("classification needs at least two classes in the training labels")
-    est.fit(scaler.transform(x_ND), y_fit)
+        raise InputError("classification needs at least two classes in the training labels")
+    try:
+        est.fit(scaler.transform(x_ND), y_fit)
+    except ValueError as e:  # scikit-learn refusing these labels (e.g. too few for early stopping)
+        raise InputError(f"cannot fit a {kind} head on these {len(y_fit)} records: {e}") from None
     if kind == "mlp":
         weights = [np.asarray(w, dtype=np.float64) for w in est.coefs_]
         biases = [np.asarray(b, dtype=np.float64) for b in est.intercepts_]
@@ -98,7 +103,7 @@ def head_arrays(head: Head) -> dict[str, np.ndarray]:
 def head_from_arrays(arrays: dict[str, np.ndarray], kind: str, task: str, classes: list[str]) -> Head:
     n = sum(1 for k in arrays if k.endswith(".weight"))
     if n == 0 or "scaler.mean" not in arrays:
-        raise ValueError("head weights file has no layers or no scaler")
+        raise InputError("head weights file has no layers or no scaler")
     return Head(kind, task, arrays["scaler.mean"], arrays["scaler.scale"],
                 [arrays[f"layers.{i}.weight"] for i in range(n)],
                 [arrays[f"layers.{i}.bias"] for i in range(n)], list(classes))

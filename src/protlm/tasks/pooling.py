@@ -13,6 +13,7 @@ import torch
 
 from protlm.alphabet import Alphabet, pad_tokens
 from protlm.data.batching import token_budget_batches
+from protlm.errors import InputError
 
 POOLINGS = ("mean", "bos", "max")
 
@@ -44,14 +45,14 @@ def pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor, how: str = "mean") -> tor
     """Dispatch to mean_pool / bos_pool / max_pool by name."""
     fns = {"mean": mean_pool, "bos": bos_pool, "max": max_pool}
     if how not in fns:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {how!r}")
     return fns[how](x_BTD, lengths_B)
 
 
 def resolve_layer(layer: int, num_layers: int) -> int:
     """fair-esm numbering: 0 = embeddings, num_layers = last; negatives count from the end."""
     if not -(num_layers + 1) <= layer <= num_layers:
-        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
+        raise InputError(f"layer {layer} out of range for a {num_layers}-layer model")
     return (layer + num_layers + 1) % (num_layers + 1)
 
 
@@ -67,7 +68,7 @@ def embed_sequences(model, alphabet: Alphabet, seqs: Sequence[str], layer: int =
     from tqdm import tqdm
 
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     k = resolve_layer(layer, model.num_layers)
     max_len = model.config.max_sequence_length
     seqs = [s[:max_len] for s in seqs]

@@ -10,7 +10,7 @@ Proteins over the model's limit are scored in a window of max length centred on 
 
 from __future__ import annotations
 
-from protlm.errors import ProtlmError
+from protlm.errors import InputError, ProtlmError
 import json
 import os
 import re
@@ -235,7 +235,7 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
     from tqdm import tqdm
 
     if method not in SCORERS:
-        raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+        raise InputError(f"--method must be one of {METHODS}, got {method!r}")
     wt_seq = alphabet.clean(wt_seq, "wild type")
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     max_len = max_len or model.config.max_sequence_length
@@ -245,11 +245,11 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
                                max_len, batch_size, bar, **extra)
 
 
-def read_wild_type(path) -> str:
-    """The single record of a wild-type FASTA (validated)."""
+def read_wild_type(path, unknown: str | None = None) -> str:
+    """The single record of a wild-type FASTA (validated; `unknown` as in read_fasta)."""
     from protlm.data.fasta import read_fasta
 
-    records = list(read_fasta(path))
+    records = list(read_fasta(path, unknown=unknown))
     if len(records) != 1:
         raise MutationError(f"{path}: the wild-type FASTA must hold exactly one record, found {len(records)}")
     return records[0].sequence
@@ -257,21 +257,27 @@ def read_wild_type(path) -> str:
 
 def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "masked-marginal",
                column: str | None = None, offset: int = 1, batch_size: int = 8,
-               device: str | None = None, progress: bool = True, loader=None) -> int:
+               device: str | None = None, progress: bool = True, loader=None,
+               unknown: str | None = None) -> int:
     """Read the `mutant` column of a CSV/TSV, score every row, write all input columns plus one
     score column (named after the method unless `column` is given). Atomic: the output appears
     only when every row is scored. pseudo-ll keeps finished PLLs in `<output>.pll.jsonl` until
-    the output is written, so a rerun after a kill resumes. Returns the number of rows."""
+    the output is written, so a rerun after a kill resumes. `unknown` (e.g. 'X') replaces
+    characters of the wild type outside the alphabet. Returns the number of rows."""
     import csv
 
     import protlm
+    from protlm.data.fasta import not_a_table
     from protlm.pretrained.load import model_identity
 
-    wt_seq = read_wild_type(wt_fasta)
+    wt_seq = read_wild_type(wt_fasta, unknown)
     delim = "\t" if str(mutations_csv).lower().endswith((".tsv", ".tab")) else ","
-    with open(mutations_csv, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
-        reader = csv.DictReader(f, delimiter=delim)
-        fields, rows = list(reader.fieldnames or []), list(reader)
+    try:
+        with open(mutations_csv, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+            reader = csv.DictReader(f, delimiter=delim)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MutationError(not_a_table(mutations_csv, e)) from None
     if "mutant" not in fields:
         raise MutationError(f"{mutations_csv}: no 'mutant' column; columns are {fields}")
     column = column or method

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protlm.errors import NotFoundError, ProtlmError
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib joined the standard library in 3.11 as tomli
+    import tomli as tomllib
+
+
+class ConfigError(ProtlmError, ValueError):
+    """A run file or --set override that cannot be used; the message names the key."""
+
+    exit_code = 2  # a usage error, as click reports bad options
 
 
 @dataclass
@@ -24,12 +35,15 @@ class ModelSection:
     def build_config(self) -> ESMConfig:
         extra = dict(dropout=self.dropout, attention_dropout=self.attention_dropout,
                      max_positions=self.max_positions)
-        if self.family == "esm2":
-            return esm2_config(self.num_layers, self.embed_dim, self.attention_heads, **extra)
-        if self.family == "esm1b":
+        if self.family not in ("esm2", "esm1b"):
+            raise ConfigError(f"model.family must be 'esm2' or 'esm1b', got {self.family!r}")
+        try:
+            if self.family == "esm2":
+                return esm2_config(self.num_layers, self.embed_dim, self.attention_heads, **extra)
             return esm1b_config(num_layers=self.num_layers, embed_dim=self.embed_dim,
                                 attention_heads=self.attention_heads, ffn_embed_dim=4 * self.embed_dim, **extra)
-        raise ValueError(f"model.family must be 'esm2' or 'esm1b', got {self.family!r}")
+        except ValueError as e:  # ESMConfig's own checks, e.g. embed_dim not divisible by heads
+            raise ConfigError(f"[model]: {e}") from None
 
 
 @dataclass
@@ -100,13 +114,13 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
-        raise ValueError(f"unknown config key(s) in [{where or 'top level'}]: {sorted(unknown)}")
+        raise ConfigError(f"unknown config key(s) in [{where or 'top level'}]: {sorted(unknown)}")
     kwargs = {}
     for name, value in d.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ValueError(f"config [{name}] must be a table")
+                raise ConfigError(f"config [{name}] must be a table")
             kwargs[name] = _from_dict(type(default), value, name)
         else:
             kwargs[name] = _coerce(value, default, f"{where}.{name}".strip("."))
@@ -115,18 +129,21 @@ def _from_dict(cls, d: dict[str, Any], where: str):
 
 def _coerce(value, default, key: str):
     if isinstance(default, tuple):
-        return tuple(float(v) for v in value)
+        try:
+            return tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {key} must be a list of numbers, got {value!r}") from None
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"config {key} must be true/false, got {value!r}")
+            raise ConfigError(f"config {key} must be true/false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
-        raise ValueError(f"config {key} must be a number, got {value!r}")
+        raise ConfigError(f"config {key} must be a number, got {value!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, int) and isinstance(value, float):
         if value != int(value):
-            raise ValueError(f"config {key} must be an integer, got {value!r}")
+            raise ConfigError(f"config {key} must be an integer, got {value!r}")
         return int(value)
     return value
 
@@ -135,7 +152,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.lr=1e-3' -> (['optim', 'lr'], 0.001); values are TOML, else plain strings."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -147,8 +164,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     """TOML file (optional) + overrides -> validated TrainConfig."""
     d: dict[str, Any] = {}
     if path is not None:
-        with open(path, "rb") as fh:
-            d = tomllib.load(fh)
+        try:
+            with open(path, "rb") as fh:
+                d = tomllib.load(fh)
+        except FileNotFoundError:
+            raise NotFoundError(f"no such config file: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
     for text in overrides:
         keys, value = parse_override(text)
         node = d
@@ -157,7 +179,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         node[keys[-1]] = value
     cfg = _from_dict(TrainConfig, d, "")
     if cfg.parallel.mode not in ("auto", "none", "ddp", "fsdp"):
-        raise ValueError(f"parallel.mode must be auto/none/ddp/fsdp, got {cfg.parallel.mode!r}")
+        raise ConfigError(f"parallel.mode must be auto/none/ddp/fsdp, got {cfg.parallel.mode!r}")
     if cfg.schedule.kind not in ("linear", "inverse_sqrt"):
-        raise ValueError(f"schedule.kind must be linear or inverse_sqrt, got {cfg.schedule.kind!r}")
+        raise ConfigError(f"schedule.kind must be linear or inverse_sqrt, got {cfg.schedule.kind!r}")
     return cfg

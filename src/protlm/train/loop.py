@@ -18,7 +18,7 @@ from protlm.models import build_model
 from protlm.models.layers import init_weights
 from protlm.train import checkpoint as ckpt
 from protlm.train.batches import fixed_batches, rank_loader
-from protlm.train.config import TrainConfig
+from protlm.train.config import ConfigError, TrainConfig
 from protlm.train.metrics import MetricsLogger
 from protlm.train.parallelize import Dist, all_reduce_sum, init_distributed, parallelize, pick_device, unwrap
 from protlm.train.schedule import lr_multiplier
@@ -32,7 +32,7 @@ def make_plans(cfg: TrainConfig, index: FastaIndex) -> tuple[BatchPlan, BatchPla
     train = BatchPlan(np.flatnonzero(~held), lengths, d.toks_per_batch, d.max_length, d.seed, d.min_seqs)
     valid = BatchPlan(np.flatnonzero(held), lengths, d.toks_per_batch, d.max_length, d.valid_seed, d.min_seqs)
     if len(train.indices) == 0 or len(valid.indices) == 0:
-        raise ValueError(f"{d.train_fasta}: split gives {len(train.indices)} training and "
+        raise ConfigError(f"{d.train_fasta}: split gives {len(train.indices)} training and "
                          f"{len(valid.indices)} held-out records; adjust data.valid_fraction")
     return train, valid
 
@@ -115,13 +115,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     autocast_dtype = torch.bfloat16 if (cfg.parallel.bf16 and device.type == "cuda") else None
     out, fasta = Path(cfg.output.dir), cfg.data.train_fasta
     ckpt_root = out / "checkpoints"
+    if not fasta:
+        raise ConfigError("data.train_fasta is not set")
     index = FastaIndex.open(fasta) if d.is_main else None
     if d.world > 1:
         torch.distributed.barrier()  # rank 0 builds the index once; the others then open it
     index = index or FastaIndex.open(fasta)
     train_plan, valid_plan = make_plans(cfg, index)
     if d.world > max(1, cfg.data.min_seqs):
-        raise ValueError(f"data.min_seqs ({cfg.data.min_seqs}) must be >= the number of ranks ({d.world})")
+        raise ConfigError(f"data.min_seqs ({cfg.data.min_seqs}) must be >= the number of ranks ({d.world})")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.build_config())

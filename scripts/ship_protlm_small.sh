@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Ship and evaluate protlm_small after `protlm train configs/protlm_small.toml` (issue: a shipped
+# model that has seen every fold). Run from the repository root:
+#     bash scripts/ship_protlm_small.sh [runs/protlm_small/checkpoints/step_XXXXXXX]
+# 1. exports the checkpoint as fp16 safetensors into the package (rotary buffers stay fp32);
+# 2. fits the attention contact head with `protlm contacts fit` on the training chains of
+#    ../shared/data/structures (every 3rd chain by PDB id is held out, as benchmarks/contacts_eval.py)
+#    and ships it beside the weights;
+# 3. writes every evaluation figure under runs/eval/ (perplexities, contacts, function, variants).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ckpt="${1:-runs/protlm_small/checkpoints/$(cat runs/protlm_small/checkpoints/latest)}"
+dest=src/protlm/weights/protlm_small
+structs=../shared/data/structures
+mkdir -p runs/eval
+
+python -m protlm.train.export "$ckpt" "$dest" --dtype fp16
+train_files=$(python - "$structs" <<'PY'
+import sys
+from protlm.alphabet import Alphabet
+from protlm.contacts.pipeline import protein_chains
+from protlm.contacts.structures import structure_files
+chains = protein_chains(structure_files(sys.argv[1]), Alphabet())
+print(" ".join(f"--structures {c.source}:{c.chain}" for i, c in enumerate(chains) if i % 3 != 2))
+PY
+)
+# shellcheck disable=SC2086
+protlm contacts fit --model "$dest" --head attention $train_files --output "$dest" | tee runs/eval/contact_fit.txt
+
+python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small | tee runs/eval/ppl_cath.json
+python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \
+    --fasta runs/data/msa_eval.fasta | tee runs/eval/ppl_msa.json
+python benchmarks/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
+python benchmarks/function_eval.py --model protlm_small --out runs/eval/function.json | tee runs/eval/function.txt
+python benchmarks/variants_eval.py --model protlm_small --pll-subset 48 --out runs/eval/variants.json \
+    | tee runs/eval/variants.txt
