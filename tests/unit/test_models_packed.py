@@ -193,3 +193,23 @@ def test_learned_positions_reject_too_long_packed():
     long_N, long_cu = pack(padded([("a", "M" * 7), ("b", "M")]), PAD)
     with pytest.raises(ValueError, match="exceeds"):
         m.forward_packed(long_N, long_cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backends(model, mixed):
+    """bf16 picks a varlen kernel and agrees with the per-sequence loop; fp32 falls back to it."""
+    m = model.cuda()
+    tokens_N, cu = pack(padded(mixed), PAD)
+    tokens_N, cu = tokens_N.cuda(), cu.cuda()
+    with torch.no_grad():
+        ref = m.forward_packed(tokens_N, cu, repr_layers=[1])
+        assert ref["attention_backend"] == "sdpa_loop"  # fp32: varlen kernels take fp16/bf16 only
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fast = m.forward_packed(tokens_N, cu, repr_layers=[1])
+            loop = m.forward_packed(tokens_N, cu, repr_layers=[1], attention_backend="sdpa_loop")
+    assert fast["attention_backend"] in ("flash_attn", "varlen_attn")
+    scale = ref["representations"][1].abs().max()
+    for out in (fast, loop):
+        assert (out["representations"][1].float() - ref["representations"][1]).abs().max() <= 0.05 * scale
+    assert (fast["representations"][1] - loop["representations"][1]).float().abs().max() <= 0.02 * scale
