@@ -35,7 +35,7 @@ from protlm import Alphabet, build_model
 from protlm.data.fasta import load_fasta
 from protlm.models.config import esm2_config
 from protlm.models.layers import init_weights
-from protlm.models.packing import Packing, cu_seqlens_from_lengths, pack
+from protlm.models.packing import Packing, cu_seqlens_from_lengths, pack, repad
 from protlm.models.varlen import varlen_attention
 
 FASTA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sequences" / "some_proteins.fasta"
@@ -133,8 +133,7 @@ def compare_attention(seqs: list[str], heads: int = 20, head_dim: int = 16, repe
     mask_s = time.perf_counter() - t0  # paid again for every new batch
     flex = torch.compile(flex_attention)
     B, T = len(seqs), int(lengths.max())
-    pad = lambda x: torch.nn.utils.rnn.pad_sequence(list(torch.split(x, lengths.tolist())), batch_first=True)  # noqa: E731
-    qp, kp, vp = (pad(x).transpose(1, 2) for x in (q, k, v))  # (B, H, T, hd)
+    qp, kp, vp = (repad(x, cu).transpose(1, 2) for x in (q, k, v))  # (B, H, T, hd)
     key_ok = torch.arange(T)[None, :] < lengths[:, None]
     cands = {
         "sdpa_loop": lambda: varlen_attention(q, k, v, packing)[0],
