@@ -157,6 +157,24 @@ def test_mlm_loss_and_gradients_packed_equal_padded(model, mixed):
         assert (packed_grads[k] - g).abs().max() <= TOL, k
 
 
+def test_call_with_cu_seqlens_is_forward_packed(model, mixed):
+    """model(tokens_N, cu_seqlens=...) runs the packed path through __call__, so hooks fire
+    (DDP, FSDP and compile wrap __call__, not forward_packed)."""
+    tokens_N, cu = pack(padded(mixed), PAD)
+    at = torch.arange(0, len(tokens_N), 5)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    with torch.no_grad():
+        direct = model.forward_packed(tokens_N, cu, repr_layers=[1], logits_at=at)
+        called = model(tokens_N, repr_layers=[1], cu_seqlens=cu, logits_at=at)
+    handle.remove()
+    assert calls == [1]
+    assert torch.equal(direct["logits"], called["logits"])
+    assert torch.equal(direct["representations"][1], called["representations"][1])
+    with pytest.raises(ValueError, match="contacts need padded"):
+        model(tokens_N, cu_seqlens=cu, return_contacts=True)
+
+
 def test_train_mode_with_attention_dropout_runs():
     cfg = esm1b_config(num_layers=1, embed_dim=16, ffn_embed_dim=32, attention_heads=2,
                        dropout=0.1, attention_dropout=0.1)

@@ -108,8 +108,18 @@ class ESM(nn.Module):
         need_head_weights: bool = False,
         return_contacts: bool = False,
         return_logits: bool = True,
+        cu_seqlens: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> dict:
-        """`return_logits=False` skips the LM head (embedding extraction never needs it)."""
+        """`return_logits=False` skips the LM head (embedding extraction never needs it).
+
+        With `cu_seqlens`, tokens is a packed batch and this is `forward_packed`: calling it
+        through `model(...)` lets wrappers (DDP, FSDP, compile) see the packed forward too.
+        """
+        if cu_seqlens is not None:
+            if need_head_weights or return_contacts:
+                raise ValueError("attention maps and contacts need padded tokens, not a packed batch")
+            return self.forward_packed(tokens, cu_seqlens, repr_layers, return_logits, logits_at)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         repr_layers = {self._layer_index(i) for i in repr_layers}
