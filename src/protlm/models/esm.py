@@ -11,6 +11,7 @@ from protlm.alphabet import Alphabet
 from protlm.models.config import ESMConfig
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
+from protlm.models.packing import Packing
 
 # Token dropout: training masked 15% x 80% of residues with <mask> and zeroed their
 # embeddings; at inference embeddings are rescaled by (1 - 0.12) / (1 - observed mask ratio).
@@ -22,7 +23,8 @@ class ESM(nn.Module):
 
     forward(tokens) returns fair-esm's dict: `logits` (B, T, V), `representations`
     {layer: (B, T, D)}, `attentions` (B, layers, heads, T, T) when `need_head_weights`,
-    `contacts` (B, L, L) when `return_contacts`.
+    `contacts` (B, L, L) when `return_contacts`. forward_packed(tokens_N, cu_seqlens) computes
+    the same on a packed batch without padding (see protlm.models.packing).
     """
 
     def __init__(self, config: ESMConfig, alphabet: Alphabet | None = None):
@@ -84,6 +86,21 @@ class ESM(nn.Module):
             x = self.emb_layer_norm_before(x)
         return x * (~padding_mask).unsqueeze(-1).to(x.dtype)
 
+    def embed_packed(self, tokens_N: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Packed token ids -> layer-0 representation (N, D); the same numbers as `embed`."""
+        x = self.embed_tokens(tokens_N)
+        if self.config.token_dropout:
+            is_mask = tokens_N.eq(self.mask_idx)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            # The mask ratio is per sequence, as fair-esm computes it per row of a padded batch.
+            observed_B = packing.segment_sum(is_mask.long()).to(x.dtype) / packing.lengths_B
+            x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed_B)[packing.seq_id_N].unsqueeze(-1)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions.forward_packed(packing)
+        if self.emb_layer_norm_before is not None:
+            x = self.emb_layer_norm_before(x)
+        return x
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -91,8 +108,18 @@ class ESM(nn.Module):
         need_head_weights: bool = False,
         return_contacts: bool = False,
         return_logits: bool = True,
+        cu_seqlens: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> dict:
-        """`return_logits=False` skips the LM head (embedding extraction never needs it)."""
+        """`return_logits=False` skips the LM head (embedding extraction never needs it).
+
+        With `cu_seqlens`, tokens is a packed batch and this is `forward_packed`: calling it
+        through `model(...)` lets wrappers (DDP, FSDP, compile) see the packed forward too.
+        """
+        if cu_seqlens is not None:
+            if need_head_weights or return_contacts:
+                raise ValueError("attention maps and contacts need padded tokens, not a packed batch")
+            return self.forward_packed(tokens, cu_seqlens, repr_layers, return_logits, logits_at)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         repr_layers = {self._layer_index(i) for i in repr_layers}
@@ -132,6 +159,47 @@ class ESM(nn.Module):
             result["contacts"] = self.contact_head(tokens, result["attentions"])
         elif return_contacts:
             result["contacts"] = self.contact_head.finish(contact_logits)
+        return result
+
+    def forward_packed(
+        self,
+        tokens: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        repr_layers: Iterable[int] = (),
+        return_logits: bool = True,
+        logits_at: torch.Tensor | None = None,
+        attention_backend: str | None = None,
+    ) -> dict:
+        """The forward pass on a packed batch: no padding, attention within each sequence.
+
+        tokens (N,): the sequences concatenated, each with its BOS/EOS; cu_seqlens (B+1,) int:
+        sequence b is tokens[cu_seqlens[b]:cu_seqlens[b+1]] (see `packing.pack`).
+        logits_at (M,) long or bool (N,): apply the LM head only there (MLM training needs logits
+        at masked positions only). attention_backend: force a kernel of protlm.models.varlen.
+        Returns `logits` (N or M, V), `representations` {layer: (N, D)} and `attention_backend`,
+        the kernel that ran. No attention maps or contacts: those need `forward`.
+        """
+        if tokens.ndim != 1:
+            raise ValueError(f"packed tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
+        if tokens.eq(self.padding_idx).any():
+            raise ValueError("packed tokens must hold no padding (see protlm.models.packing.pack)")
+        packing = Packing.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), attention_backend)
+        repr_layers = {self._layer_index(i) for i in repr_layers}
+        x = self.embed_packed(tokens, packing)
+
+        reps = {0: x} if 0 in repr_layers else {}
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, packing=packing)
+            if i + 1 in repr_layers:
+                reps[i + 1] = x
+        x = self.emb_layer_norm_after(x)
+        if self.num_layers in repr_layers:
+            reps[self.num_layers] = x  # after the final LN, as in `forward`
+        result = {}
+        if return_logits:
+            result["logits"] = self.lm_head(x if logits_at is None else x[logits_at])
+        result["representations"] = reps
+        result["attention_backend"] = self.layers[0].self_attn.last_backend if self.layers else None
         return result
 
     def _layer_index(self, i: int) -> int:

@@ -1,7 +1,8 @@
 """Building blocks shared by every ESM variant: one attention, one pre-LN layer, heads.
 
 Parameter names follow fair-esm (q_proj, self_attn_layer_norm, fc1, ...) so published
-state dicts map onto these modules with only prefix changes. Layout is (B, L, D) throughout.
+state dicts map onto these modules with only prefix changes. Layout is (B, L, D), or (N, D) for a
+packed batch (sequences concatenated, described by a `Packing`; see protlm.models.packing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from protlm.models.packing import Packing
+from protlm.models.varlen import varlen_attention
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -37,6 +41,16 @@ class LearnedPositionalEmbedding(nn.Embedding):
         positions = (torch.cumsum(mask, dim=1) * mask).long() + self.padding_idx
         return super().forward(positions)
 
+    def forward_packed(self, packing: Packing) -> torch.Tensor:
+        """(N, D) embeddings of a packed batch: positions restart at every sequence's BOS."""
+        if packing.max_seqlen > self.max_positions:
+            raise ValueError(
+                f"sequence of {packing.max_seqlen} tokens exceeds the model's "
+                f"{self.max_positions} positions (BOS/EOS included)"
+            )
+        # The same offset as the padded path: its cumsum gives padding_idx + 1 at BOS.
+        return super().forward(packing.positions_N + self.padding_idx + 1)
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding on the head dimension (ESM-2, GPT-NeoX half-split form)."""
@@ -58,17 +72,28 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + self._rotate_half(x) * sin
+
     def forward(self, q_BHLd: torch.Tensor, k_BHLd: torch.Tensor):
         cos, sin = self._cos_sin(q_BHLd.size(-2), q_BHLd.device, q_BHLd.dtype)
-        rot = lambda x: x * cos + self._rotate_half(x) * sin  # noqa: E731
-        return rot(q_BHLd), rot(k_BHLd)
+        return self._rotate(q_BHLd, cos, sin), self._rotate(k_BHLd, cos, sin)
+
+    def forward_packed(self, q_NHd: torch.Tensor, k_NHd: torch.Tensor, packing: Packing):
+        """Rotary on a packed batch: each token rotated by its position within its sequence."""
+        cos, sin = self._cos_sin(packing.max_seqlen, q_NHd.device, q_NHd.dtype)
+        # Rows of the table the padded path would use, gathered per token; (N, 1, hd) over heads.
+        cos, sin = cos[packing.positions_N].unsqueeze(1), sin[packing.positions_N].unsqueeze(1)
+        return self._rotate(q_NHd, cos, sin), self._rotate(k_NHd, cos, sin)
 
 
 class MultiheadAttention(nn.Module):
     """Self-attention used by every model.
 
     SDPA on the fast path; the explicit softmax path runs only when the caller asks for the
-    attention maps (contacts, `need_head_weights`).
+    attention maps (contacts, `need_head_weights`). Given a `packing`, the input is a packed
+    (N, D) batch and a varlen kernel confines attention to each sequence; `last_backend` then
+    names the kernel that ran.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, rotary: bool = False, dropout: float = 0.0):
@@ -82,6 +107,7 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.rot_emb = RotaryEmbedding(self.head_dim) if rotary else None
+        self.last_backend: str | None = None
 
     def _heads(self, x_BLD: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_BLD.shape
@@ -92,8 +118,17 @@ class MultiheadAttention(nn.Module):
         x_BLD: torch.Tensor,
         key_padding_mask_BL: torch.Tensor | None = None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (out (B, L, D), attention probabilities (B, H, L, L) or None)."""
+        """Returns (out (B, L, D), attention probabilities (B, H, L, L) or None).
+
+        With `packing`, x is (N, D) and so is the output; maps are never returned then.
+        """
+        if packing is not None:
+            if need_weights or key_padding_mask_BL is not None:
+                raise ValueError("a packed batch has no padding mask and no attention maps; "
+                                 "use the padded layout for need_weights")
+            return self._forward_packed(x_BLD, packing), None
         B, L, D = x_BLD.shape
         # The query is scaled before rotary, as in the reference (it matters for rounding).
         q = self._heads(self.q_proj(x_BLD) * self.scaling)
@@ -119,6 +154,18 @@ class MultiheadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, L, D)
         return self.out_proj(out), probs
 
+    def _forward_packed(self, x_ND: torch.Tensor, packing: Packing) -> torch.Tensor:
+        N, D = x_ND.shape
+        H, hd = self.num_heads, self.head_dim
+        q = (self.q_proj(x_ND) * self.scaling).view(N, H, hd)  # scaled before rotary, as above
+        k = self.k_proj(x_ND).view(N, H, hd)
+        v = self.v_proj(x_ND).view(N, H, hd)
+        if self.rot_emb is not None:
+            q, k = self.rot_emb.forward_packed(q, k, packing)
+        dropout_p = self.dropout if self.training else 0.0
+        out, self.last_backend = varlen_attention(q, k, v, packing, dropout_p, packing.attention_backend)
+        return self.out_proj(out.reshape(N, D))
+
 
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm encoder layer: x + Attn(LN(x)); x + FFN(LN(x)) with erf GELU."""
@@ -133,8 +180,10 @@ class TransformerLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.dropout = dropout
 
-    def forward(self, x_BLD, key_padding_mask_BL=None, need_weights: bool = False):
-        h, attn = self.self_attn(self.self_attn_layer_norm(x_BLD), key_padding_mask_BL, need_weights)
+    def forward(self, x_BLD, key_padding_mask_BL=None, need_weights: bool = False,
+                packing: Packing | None = None):
+        """x (B, L, D), or (N, D) with `packing`: everything but attention is per token."""
+        h, attn = self.self_attn(self.self_attn_layer_norm(x_BLD), key_padding_mask_BL, need_weights, packing)
         x_BLD = x_BLD + F.dropout(h, self.dropout, self.training)
         h = self.fc2(gelu(self.fc1(self.final_layer_norm(x_BLD))))
         x_BLD = x_BLD + F.dropout(h, self.dropout, self.training)

@@ -1,0 +1,83 @@
+"""Packed batches without a model: pack/unpack/repad, Packing, the varlen attention kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protlm import Alphabet
+from protlm.models.packing import Packing, cu_seqlens_from_lengths, pack, repad, unpack
+from protlm.models.varlen import select_backend, unusable_reason, varlen_attention
+
+SEQS = [("a", "MKTAYIAKQRQISFVKSHF"), ("b", "M"), ("c", ""), ("d", "GSH<mask>LEDPV")]
+PAD = Alphabet().padding_idx
+
+
+def padded_tokens(seqs=SEQS):
+    return Alphabet().get_batch_converter()(seqs)[2]
+
+
+def test_pack_concatenates_rows_without_padding():
+    t = padded_tokens()
+    tokens_N, cu = pack(t, PAD)
+    assert cu.dtype == torch.int32
+    assert cu.tolist() == [0, 21, 24, 26, 37]  # BOS + residues + EOS per sequence
+    assert tokens_N.ndim == 1 and not tokens_N.eq(PAD).any()
+    assert torch.equal(tokens_N, torch.cat([row[row.ne(PAD)] for row in t]))
+
+
+def test_unpack_and_repad_invert_pack():
+    t = padded_tokens()
+    tokens_N, cu = pack(t, PAD)
+    parts = unpack(tokens_N, cu)
+    assert [len(p) for p in parts] == [21, 3, 2, 11]
+    assert torch.equal(repad(tokens_N, cu, value=PAD), t)
+    x_ND = torch.randn(len(tokens_N), 5)
+    assert repad(x_ND, cu).shape == (4, 21, 5)
+    assert torch.equal(repad(x_ND, cu)[1, :3], x_ND[21:24])
+
+
+def test_cu_seqlens_from_lengths():
+    assert cu_seqlens_from_lengths(torch.tensor([3, 1, 4])).tolist() == [0, 3, 4, 8]
+
+
+def test_packing_positions_restart_per_sequence():
+    p = Packing.from_cu_seqlens(torch.tensor([0, 3, 4, 4, 7], dtype=torch.int32), 7)
+    assert p.positions_N.tolist() == [0, 1, 2, 0, 0, 1, 2]
+    assert p.seq_id_N.tolist() == [0, 0, 0, 1, 3, 3, 3]  # sequence 2 is empty
+    assert p.bounds == ((0, 3), (3, 4), (4, 4), (4, 7)) and p.max_seqlen == 3
+    assert p.lengths_B.tolist() == [3, 1, 0, 3]
+    assert p.segment_sum(torch.arange(7)).tolist() == [3, 3, 0, 15]
+
+
+@pytest.mark.parametrize("cu,n", [([0, 3, 2], 2), ([1, 3], 3), ([0, 3], 4), ([0], 0)])
+def test_packing_rejects_bad_boundaries(cu, n):
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        Packing.from_cu_seqlens(torch.tensor(cu, dtype=torch.int32), n)
+
+
+def test_cpu_backend_is_the_sdpa_loop():
+    cpu = torch.device("cpu")
+    assert select_backend(cpu, torch.float32) == "sdpa_loop"
+    assert select_backend(cpu, torch.bfloat16, dropout_p=0.1) == "sdpa_loop"
+    assert unusable_reason("varlen_attn", cpu, torch.bfloat16, 0.0) is not None
+    assert unusable_reason("flash_attn", cpu, torch.bfloat16, 0.0) is not None
+    with pytest.raises(ValueError, match="cannot run here"):
+        select_backend(cpu, torch.float32, requested="varlen_attn")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        select_backend(cpu, torch.float32, requested="nope")
+
+
+def test_varlen_attention_is_softmax_within_each_sequence():
+    """Against the definition: each sequence's own softmax(q k^T) v, lengths 1 to 40."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 1, 40, 2, 17])
+    cu = cu_seqlens_from_lengths(lengths)
+    N, H, hd = int(lengths.sum()), 3, 8
+    q, k, v = (torch.randn(N, H, hd) for _ in range(3))
+    out, backend = varlen_attention(q, k, v, Packing.from_cu_seqlens(cu, N))
+    assert backend == "sdpa_loop" and out.shape == (N, H, hd)
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))  # (H, L, hd)
+        ref = torch.softmax(qs @ ks.transpose(-1, -2), -1) @ vs
+        assert (out[s:e] - ref.transpose(0, 1)).abs().max() <= 1e-6
