@@ -20,10 +20,10 @@ from protlm.alphabet import Alphabet, pad_tokens
 from protlm.data.batching import chunked_by_size, token_budget_batches
 from protlm.data.fasta import Record, read_fasta
 from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.dtypes import canonical, cast_parameters_
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 LONG_MODES = ("truncate", "window", "error")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class EmbedError(ProtlmError, ValueError):
@@ -223,8 +223,7 @@ def extract(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = Emb
 
 def check_device(device: str | None = None, dtype: str = "fp32") -> str:
     """The device to use (`None` picks CUDA when present); clear errors for what cannot run."""
-    if dtype not in DTYPES:
-        raise EmbedError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    canonical(dtype)  # raises on an unknown name
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -235,7 +234,7 @@ def check_device(device: str | None = None, dtype: str = "fp32") -> str:
 
 def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
     """Move and cast for inference (outputs are still returned as float32)."""
-    return model.to(device=check_device(device, dtype), dtype=DTYPES[dtype]).eval()
+    return cast_parameters_(model.to(check_device(device, dtype)), dtype).eval()
 
 
 def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,

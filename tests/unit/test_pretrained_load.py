@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from click.testing import CliRunner
 
 from protlm.cli.main import cli
@@ -315,18 +316,36 @@ def test_download_goes_to_cache(tmp_path, monkeypatch, temp_entry):
 
 # ------------------------------------------------------------------ CLI
 def test_cli_convert_to_protlm_and_back(tmp_path):
-    ref, path = esm1b_file(tmp_path)
+    """fair-esm ESM-2 .pt -> protlm -> HF -> protlm: every parameter and buffer survives exactly;
+    --dtype casts parameters only (rotary inv_freq stays fp32), under either spelling."""
+    _, path = esm2_file(tmp_path)
     runner = CliRunner()
-    out = runner.invoke(cli, ["convert", str(path), str(tmp_path / "p")])
-    assert out.exit_code == 0, out.output
-    assert "wrote protlm checkpoint" in out.output
-    model, _ = load_model_and_alphabet(tmp_path / "p")
-    direct, _ = load_model_and_alphabet(path)
-    assert same_weights(model, direct)
-    out = runner.invoke(cli, ["convert", str(tmp_path / "p"), str(tmp_path / "p16"), "--dtype", "float16"])
-    assert out.exit_code == 0, out.output
-    half, _ = load_model_and_alphabet(tmp_path / "p16")
-    assert torch.allclose(half.embed_tokens.weight, direct.embed_tokens.weight, atol=1e-3)
+    direct, alphabet = load_model_and_alphabet(path)
+    steps = [(str(path), "p", "protlm"), ("p", "h", "hf"), ("h", "back", "protlm")]
+    for src, dst, to in steps:
+        src = src if src == str(path) else str(tmp_path / src)
+        out = runner.invoke(cli, ["convert", src, str(tmp_path / dst), "--to", to])
+        assert out.exit_code == 0, out.output
+        assert f"wrote {to} checkpoint" in out.output
+    back, _ = load_model_and_alphabet(tmp_path / "back")
+    assert same_weights(back, direct)
+    for name, buf in direct.named_buffers():
+        assert torch.equal(back.get_buffer(name), buf), name
+    toks = torch.tensor([[alphabet.cls_idx, *alphabet.encode("MKTAYIAKQRQISFVKSHFSRQ"), alphabet.eos_idx]])
+    with torch.no_grad():
+        assert torch.equal(back(toks)["logits"], direct(toks)["logits"])
+    for spelling in ("float16", "fp16"):
+        out = runner.invoke(cli, ["convert", str(tmp_path / "p"), str(tmp_path / spelling), "--dtype", spelling])
+        assert out.exit_code == 0, out.output
+        stored = load_file(str(tmp_path / spelling / "model.safetensors"))
+        inv_freq = [k for k in stored if k.endswith("inv_freq")]
+        assert inv_freq and all(stored[k].dtype == torch.float32 for k in inv_freq)
+        assert stored["embed_tokens.weight"].dtype == torch.float16
+        half, _ = load_model_and_alphabet(tmp_path / spelling)
+        for name, p in direct.named_parameters():
+            assert torch.equal(half.get_parameter(name), p.detach().half().float()), name
+        for name, buf in direct.named_buffers():
+            assert torch.equal(half.get_buffer(name), buf), name
 
 
 def test_cli_convert_errors_are_clean(tmp_path):

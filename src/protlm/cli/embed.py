@@ -7,7 +7,8 @@ import re
 import click
 
 from protlm.cli.options import unknown_arg, unknown_to_x
-from protlm.embed import DTYPES, INCLUDES, LONG_MODES
+from protlm.dtypes import CHOICES as DTYPE_CHOICES
+from protlm.embed import INCLUDES, LONG_MODES
 
 
 class _MultiValueCommand(click.Command):
@@ -51,7 +52,7 @@ class _MultiValueCommand(click.Command):
 @click.option("--long", type=click.Choice(LONG_MODES), default="truncate", show_default=True,
               help="sequences over the model limit (1022 residues for ESM-1b)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @unknown_to_x

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from protlm.alphabet import Alphabet
 from protlm.errors import InputError
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
+from protlm.dtypes import cast_state, parse_dtype
 
 # ---------------------------------------------------------------- fair-esm .pt files
 # Published files nest the encoder (fairseq): `encoder.sentence_encoder.<name>` for the backbone,
@@ -276,8 +277,8 @@ def save_hf(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write `model` as an HF folder (config.json, model.safetensors, vocab.txt); files land atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu().clone()
-             for k, v in protlm_to_hf(model.state_dict()).items()}
+    state = {k: v.detach().contiguous().cpu().clone()
+             for k, v in protlm_to_hf(cast_state(model, model.state_dict(), dtype)).items()}
     _atomic_write(path / "model.safetensors", lambda t: save_file(state, t, metadata={"format": "pt"}))
     config = protlm_config_to_hf(model.config, model.alphabet)
     if dtype is not None:
@@ -290,7 +291,6 @@ def save_hf(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
 
 
 FORMATS = ("protlm", "hf")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, to: str = "protlm",
@@ -301,9 +301,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str = "protlm",
 
     if to not in FORMATS:
         raise InputError(f"unknown target format {to!r}; choose from {FORMATS}")
-    if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
-    torch_dtype = DTYPES[dtype] if dtype else None
+    torch_dtype = parse_dtype(dtype) if dtype else None
     model, _ = load_model_and_alphabet(src)
     if to == "hf":
         return save_hf(model, dst, torch_dtype)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from protlm.models.config import ESMConfig
 from protlm.models.esm import ESM, build_model
+from protlm.dtypes import cast_state
 
 FORMAT_NAME = "protlm"
 FORMAT_VERSION = 1
@@ -46,8 +47,8 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
     """Write `model` as a protlm folder; each file lands atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu()
-             for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    state = {k: v.detach().contiguous().cpu()
+             for k, v in cast_state(model, model.state_dict(), dtype).items() if k not in TIED_KEYS}
     fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{WEIGHTS_FILE}.")
     os.close(fd)
     save_file(state, tmp, metadata={"format": FORMAT_NAME})

@@ -7,18 +7,17 @@ from typing import Any
 
 import torch
 
+from protlm.dtypes import CHOICES
 from protlm.pretrained.protlm_format import load_protlm, read_protlm_config, save_protlm
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype = torch.float16,
+def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | torch.dtype = "fp16",
                       extra: dict[str, Any] | None = None) -> Path:
     """Parameters cast to `dtype`; buffers (rotary inv_freq) stay fp32 so positions are exact."""
     model = load_protlm(ckpt)
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
     meta = read_protlm_config(ckpt)
-    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "model")}
-    return save_protlm(model, out, dtype=None, extra={**keep, **(extra or {})})
+    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "contact_head_fitted")}
+    return save_protlm(model, out, dtype=dtype, extra={**keep, **(extra or {})})
 
 
 def main(argv=None):
@@ -28,10 +27,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Export a training checkpoint as a compact protlm folder.")
     ap.add_argument("checkpoint")
     ap.add_argument("out")
-    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    ap.add_argument("--dtype", choices=CHOICES, default="fp16")
     args = ap.parse_args(argv)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    out = export_checkpoint(args.checkpoint, args.out, dtype, extra={"exported_from": Path(args.checkpoint).name})
+    out = export_checkpoint(args.checkpoint, args.out, args.dtype, extra={"exported_from": Path(args.checkpoint).name})
     size = sum(f.stat().st_size for f in Path(out).iterdir())
     print(f"{out}: {size / 1e6:.1f} MB")
 

@@ -1,0 +1,52 @@
+"""One dtype vocabulary and one cast, for every command and file writer.
+
+Names: fp32, bf16, fp16 (the long spellings float32, bfloat16, float16 are accepted too).
+Casting touches floating-point parameters only: buffers (ESM-2's rotary `inv_freq`) stay fp32,
+since rotary positions computed in half precision are wrong past a few hundred residues.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from protlm.errors import InputError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+CHOICES = [*DTYPES, *ALIASES]  # for CLI option lists
+
+
+def canonical(name: str | torch.dtype) -> str:
+    """'float16' -> 'fp16'; a torch.dtype -> its short name."""
+    if isinstance(name, torch.dtype):
+        for short, dt in DTYPES.items():
+            if dt == name:
+                return short
+        raise InputError(f"unsupported dtype {name}; choose from {list(DTYPES)}")
+    short = ALIASES.get(name, name)
+    if short not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; choose from {CHOICES}")
+    return short
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    return DTYPES[canonical(name)]
+
+
+def cast_parameters_(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
+    """Cast floating-point parameters in place; buffers keep their (fp32) dtype."""
+    dt = parse_dtype(dtype)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dt)
+    return model
+
+
+def cast_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: str | torch.dtype | None
+               ) -> dict[str, torch.Tensor]:
+    """A state dict for writing: parameters cast to `dtype` (None: as they are), buffers untouched."""
+    if dtype is None:
+        return state
+    dt, buffers = parse_dtype(dtype), {n for n, _ in model.named_buffers()}
+    return {k: v if k in buffers or not v.is_floating_point() else v.to(dt) for k, v in state.items()}
