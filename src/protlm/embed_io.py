@@ -14,7 +14,6 @@ dictionary layout of fair-esm's scripts/extract.py.
 
 from __future__ import annotations
 
-from protlm.errors import ProtlmError
 import json
 import os
 import shutil
@@ -25,6 +24,9 @@ from typing import Iterable
 import h5py
 import numpy as np
 import torch
+
+from protlm.errors import ProtlmError
+from protlm.io import atomic_path, atomic_write, stale_temps
 
 META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to resume
 SETTINGS_FILE = "protlm_embed.json"
@@ -117,6 +119,8 @@ class H5Output:
 
     def begin(self) -> None:
         """Before the first new shard: a finished OUT becomes shard 0 so the index can link to it."""
+        for tmp in stale_temps(self.path):
+            tmp.unlink()  # an index or final file cut off by a kill
         if self.parts.is_dir():
             for tmp in self.parts.glob("*.tmp"):
                 tmp.unlink()  # a shard cut off mid-write
@@ -137,12 +141,10 @@ class H5Output:
             return
         name = f"shard-{self._next_shard:06d}.h5"
         self._next_shard += 1
-        tmp = self.parts / (name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(self.parts / name) as tmp, h5py.File(tmp, "w") as f:
             _write_meta(f, self.meta, "shard")
             for r in results:
                 _write_record(f.create_group(r.id), r, self.layers)
-        _fsync_replace(tmp, self.parts / name)
         for r in results:
             self._where.setdefault(r.id, name)
         # The index is rewritten whole (O(records)), so it is refreshed at most every
@@ -154,12 +156,10 @@ class H5Output:
     def write_index(self) -> None:
         """Rewrite OUT as ExternalLinks to the shards (relative paths, so the pair can move)."""
         t0 = time.monotonic()
-        tmp = self.path.with_name(self.path.name + ".index.tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
             _write_meta(f, self.meta, "links")
             for rid, shard in self._where.items():
                 f[rid] = h5py.ExternalLink(f"{self.parts.name}/{shard}", f"/{rid}")
-        _fsync_replace(tmp, self.path)
         self._last_index = time.monotonic()
         self._index_cost_s = self._last_index - t0
 
@@ -167,15 +167,13 @@ class H5Output:
         """Copy every shard into one self-contained file, rename it over OUT, drop the parts."""
         if not self.parts.is_dir():
             return  # nothing new was written: OUT is already consolidated
-        tmp = self.path.with_name(self.path.name + ".final.tmp")
-        with h5py.File(tmp, "w") as dst:
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as dst:
             _write_meta(dst, self.meta, "consolidated")
             for shard in self._shards():
                 with h5py.File(shard, "r") as src:
                     for rid in src.keys():
                         if rid not in dst:
                             src.copy(src[rid], dst, name=rid)
-        _fsync_replace(tmp, self.path)
         shutil.rmtree(self.parts)
 
 
@@ -202,15 +200,12 @@ class PtOutput:
             tmp.unlink()
         settings = self.path / SETTINGS_FILE
         if not settings.exists():
-            tmp = self.path / (SETTINGS_FILE + ".tmp")
-            tmp.write_text(json.dumps(self.meta, indent=1))
-            os.replace(tmp, settings)
+            atomic_write(settings, json.dumps(self.meta, indent=1))
 
     def write_batch(self, results: list) -> None:
         for r in results:
-            tmp = self.path / f"{r.id}.pt.tmp"
-            torch.save(to_fair_esm_dict(r), tmp)
-            _fsync_replace(tmp, self.path / f"{r.id}.pt")
+            with atomic_path(self.path / f"{r.id}.pt") as tmp:
+                torch.save(to_fair_esm_dict(r), tmp)
 
     def unfinished(self) -> bool:
         return False
@@ -234,16 +229,6 @@ def to_fair_esm_dict(r) -> dict:
     if r.contacts is not None:
         out["contacts"] = r.contacts
     return out
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    """Flush the data to disk before the rename, so a crash never leaves a renamed empty file."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
 
 
 def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:

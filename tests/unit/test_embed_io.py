@@ -137,10 +137,10 @@ def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
     out = H5Output(path, META)
     out.done_ids(), out.begin(), out.write_batch([fake("a", 3, 0)]), out.write_batch([fake("b", 2, 1)])
     out.write_index()
-    (tmp_path / "e.h5.final.tmp").write_bytes(b"half a consolidated file")
+    (tmp_path / ".e.h5.0badf00d.tmp").write_bytes(b"half a consolidated file")  # atomic_path's temp
     again = H5Output(path, META)
     assert again.done_ids() == {"a", "b"} and again.unfinished()
     again.begin()
     again.finish()
     assert read_h5_meta(path)["layout"] == "consolidated" and sorted(read_h5(path)) == ["a", "b"]
-    assert not (tmp_path / "e.h5.final.tmp").exists() and not again.parts.exists()
+    assert not (tmp_path / ".e.h5.0badf00d.tmp").exists() and not again.parts.exists()

@@ -7,14 +7,13 @@ fair-esm's `-contact-regression.pt` layout ({'model': {'contact_head.regression.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from protlm.io import atomic_path
 from protlm.models.esm import ESM
 
 MIN_SEP = 6  # pairs closer in sequence are not features (as in the ESM-1b paper's training)
@@ -57,13 +56,11 @@ def save_regression(weight: torch.Tensor, bias: torch.Tensor, path: str | Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {KEYS[0]: weight.detach().float().reshape(1, -1).contiguous(),
              KEYS[1]: bias.detach().float().reshape(1).contiguous()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    if path.suffix == ".safetensors":
-        save_file(state, tmp)
-    else:
-        torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file(state, tmp)
+        else:
+            torch.save({"model": state}, tmp)
     return path
 
 

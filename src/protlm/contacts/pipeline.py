@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from protlm.contacts.fit import fit_regression, pair_dataset
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import attention_features, predict_contacts, representations
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
+from protlm.io import atomic_path, atomic_write
 from protlm.models.esm import ESM
 
 
@@ -77,10 +76,8 @@ def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactH
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr)
 
 
 SETTINGS_FILE = "settings.json"
@@ -98,10 +95,7 @@ def _claim_output(output: Path, settings: dict) -> None:
             raise ValueError(f"{output}: holds maps made with other settings {diff} (found, asked); "
                              "use another --output folder")
         return
-    fd, tmp = tempfile.mkstemp(dir=output, prefix=f".{SETTINGS_FILE}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(settings, f)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(settings))
 
 
 def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,

@@ -10,7 +10,6 @@ from protlm.errors import ProtlmError
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.data.fasta import open_text, read_fasta
+from protlm.io import atomic_path
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 
@@ -135,7 +135,7 @@ def sequence_key(seq: str) -> str:
 class EmbeddingCache:
     """Pooled vectors keyed by sequence hash, one .npz per (model, layer, pooling).
 
-    Writes go to a temporary file then `os.replace`, so a kill never leaves a broken cache.
+    Saved with protlm.io.atomic_path, so a kill never leaves a broken cache.
     """
 
     def __init__(self, cache_dir: str | Path, model_id: str, layer: int, pooling: str):
@@ -163,8 +163,7 @@ class EmbeddingCache:
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}.npz")
         keys = list(self.vectors)
-        np.savez(tmp, ident=np.array(self.ident), keys=np.array(keys),
-                 x=np.stack([self.vectors[k] for k in keys]))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            np.savez(tmp, ident=np.array(self.ident), keys=np.array(keys),
+                     x=np.stack([self.vectors[k] for k in keys]))

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from protlm.alphabet import Alphabet, pad_tokens
+from protlm.io import atomic_path
 from protlm.windows import merge_1d, window_spans
 
 METHODS = ("masked-marginal", "wt-marginal", "pseudo-ll")
@@ -289,13 +290,11 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
              if method == "pseudo-ll" else None)
     scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
                            batch_size, progress=progress, pll_store=store)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields + [column], delimiter=delim)
         w.writeheader()
         for row, s in zip(rows, scores):
             w.writerow({**row, column: f"{s:.6g}"})
-    os.replace(tmp, out)
     if store is not None:
         store.close()
         store.path.unlink()
