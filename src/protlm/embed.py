@@ -19,6 +19,7 @@ import torch
 from protlm.alphabet import Alphabet, pad_tokens
 from protlm.data.batching import chunked_by_size, token_budget_batches
 from protlm.data.fasta import Record, read_fasta
+from protlm.lock import output_lock
 from protlm.windows import merge_1d, merge_2d, window_spans
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
@@ -243,7 +244,8 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     """Validate, load, then embed every record not yet in `output`; resumable after a kill.
 
     Every input error (FASTA, lengths with long='error', layers, settings of an existing
-    output) is raised before any compute and before any output is created. Returns counts.
+    output) is raised before any compute and before any output is created. The output's lock
+    (protlm.lock) is held throughout: a second writer of it fails at once. Returns counts.
     """
     import protlm
     from protlm import embed_io
@@ -251,32 +253,33 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
-    index = scan_fasta(fasta)
-    model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
-    check_lengths(index, model.config.max_sequence_length, cfg.long)
-    layers = resolve_layers(cfg.repr_layers, model.num_layers)
-    meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
-            "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
-    out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
-    done = out.done_ids()
-    model = prepare_model(model, device, dtype)
-    todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
-    stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}
-    if not todo and not out.unfinished():
+    with output_lock(output):  # before the FASTA scan and model load: a second writer fails fast
+        index = scan_fasta(fasta)
+        model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
+        check_lengths(index, model.config.max_sequence_length, cfg.long)
+        layers = resolve_layers(cfg.repr_layers, model.num_layers)
+        meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
+                "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
+        out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
+        done = out.done_ids()
+        model = prepare_model(model, device, dtype)
+        todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
+        stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}
+        if not todo and not out.unfinished():
+            return stats
+        out.begin()
+        bar = _progress_bar(len(todo), progress)
+        t0 = time.perf_counter()
+        for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
+            out.write_batch(batch)
+            stats["written"] += len(batch)
+            bar.update(len(batch))
+            bar.tokens += sum(r.length for r in batch)
+            bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
+        bar.close()
+        out.write_index()
+        out.finish()
         return stats
-    out.begin()
-    bar = _progress_bar(len(todo), progress)
-    t0 = time.perf_counter()
-    for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
-        out.write_batch(batch)
-        stats["written"] += len(batch)
-        bar.update(len(batch))
-        bar.tokens += sum(r.length for r in batch)
-        bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
-    bar.close()
-    out.write_index()
-    out.finish()
-    return stats
 
 
 def _progress_bar(n_records: int, enabled: bool):

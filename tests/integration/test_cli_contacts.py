@@ -111,3 +111,22 @@ def test_predict_resumes_and_refuses_other_settings(setup):
     other = shutil.copytree(model_dir, root / "other_model")
     r = _run("predict", fasta, "--model", other, "--output", out)
     assert r.exit_code != 0 and "other settings" in r.output and "other_model" in r.output
+
+
+def test_predict_refused_while_another_process_writes_the_folder(setup, capsys):
+    import os
+
+    from protlm.cli.main import main
+    from protlm.lock import output_lock
+
+    root, model_dir, structs, fasta = setup
+    out = root / "locked"
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with output_lock(out):  # as another `contacts predict` into the same folder would
+        with pytest.raises(SystemExit) as e:
+            main(["contacts", "predict", str(fasta), "--model", str(model_dir), "--output", str(out)])
+    assert e.value.code == 1
+    assert f"Error: {out} is being written by process {os.getpid()}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from protlm import build_model
 from protlm.cli.main import cli
 from protlm.data.fasta import read_fasta, write_fasta
-from protlm.embed_io import read_h5, read_pt
+from protlm.embed_io import read_h5, read_h5_meta, read_pt
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
 
@@ -178,3 +178,52 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shared_data, mo
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     with h5py.File(out) as f:
         assert f.attrs["layout"] == "consolidated"
+
+
+def main_args(*args):
+    return [sys.executable, "-m", "protlm.cli.main", *map(str, args)]
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt"])
+def test_second_writer_is_refused_at_start(tmp_path, shared_data, models, hold_in_subprocess, fmt):
+    fasta = shared_data / "sequences" / "few_proteins.fasta"
+    out = tmp_path / "out"
+    r = run(fasta, "--model", models / "esm2", "--output", out, "--format", fmt)
+    assert r.exit_code == 0, r.output
+    files = [out] if fmt == "h5" else sorted(out.iterdir())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    holder = hold_in_subprocess(out)
+    # a model that does not exist: the lock is checked first, before any slow loading
+    for model in (models / "esm2", "esm2_no_such_model"):
+        p = subprocess.run(main_args("embed", fasta, "--model", model, "--output", out, "--format", fmt,
+                                     "--no-progress"), capture_output=True, text=True)
+        assert p.returncode == 1, p.stderr
+        assert f"Error: {out} is being written by process {holder.pid}" in p.stderr
+        assert "Traceback" not in p.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+
+
+def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data, models):
+    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=150)
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    first = subprocess.Popen(cli_args(fasta, models / "esm2", out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.h5.parts"
+    t0 = time.monotonic()
+    while not list(parts.glob("shard-*.h5")):  # the first one is writing
+        assert first.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    second = subprocess.run(cli_args(fasta, models / "esm2", out), capture_output=True, text=True)
+    assert first.poll() is None, (f"the first run ended (status {first.returncode}) before the second "
+                                  f"one was refused: {first.stderr.read()}")
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"{out} is being written by process {first.pid}" in second.stderr
+    assert first.wait() == 0, first.stderr.read()
+    subprocess.run(cli_args(fasta, models / "esm2", ref), check=True)
+    a, b = read_h5(out), read_h5(ref)
+    assert sorted(a) == sorted(b) and len(a) == 150
+    for rid in a:
+        assert np.abs(a[rid]["mean"]).sum() > 0  # no all-zero record
+        for k in ("mean", "per_tok"):
+            np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
+    assert read_h5_meta(out)["layout"] == "consolidated" and not parts.exists()

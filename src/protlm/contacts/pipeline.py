@@ -15,6 +15,7 @@ from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import attention_features, predict_contacts, representations
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
 from protlm.io import atomic_path, atomic_write
+from protlm.lock import output_lock
 from protlm.models.esm import ESM
 
 
@@ -106,11 +107,19 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
     Each file is written atomically and the picture last, so a record with both files is done:
     a rerun after a kill skips it (computed=False). `settings` (model, head, ...) are recorded in
     `output/settings.json`, and a folder made with other settings is refused. With `truth`, its
-    true contacts are drawn over every record whose sequence is the chain's.
+    true contacts are drawn over every record whose sequence is the chain's. The folder's lock
+    (protlm.lock) is held until the last record: a second writer fails at once.
     """
+    with output_lock(output):
+        yield from _predict_locked(model, alphabet, records, output, head, truth, settings or {})
+
+
+def _predict_locked(model, alphabet, records, output: Path, head, truth, settings: dict):
     from protlm.contacts.plot import plot_contact_map
 
-    _claim_output(output, settings or {})
+    _claim_output(output, settings)
+    for tmp in output.glob(".*.tmp*"):
+        tmp.unlink()  # a file cut off by a kill (protlm.io temps); ours alone while we hold the lock
     for rec in records:
         stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
         npy, png = output / f"{stem}.npy", output / f"{stem}.png"

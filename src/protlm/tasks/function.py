@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from protlm.io import atomic_path, atomic_write
+from protlm.lock import output_lock
 from protlm.pretrained.load import model_identity
 from protlm.tasks import evaluate, heads
 from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
@@ -66,10 +67,15 @@ def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str
                       toks_per_batch: int = 4096, device: str | None = None, loader=None,
                       progress: bool = True, chunk: int = 512) -> np.ndarray:
     """(N, D) pooled vectors; only sequences missing from the cache are run through the model
-    (the model is not even loaded when every sequence is cached)."""
-    cache = EmbeddingCache(cache_dir, model_identity(model_name), layer, pooling)
-    todo = cache.missing(seqs)
-    if todo:
+    (the model is not even loaded when every sequence is cached). Adding to the cache holds its
+    lock (protlm.lock): a second job adding to the same cache fails at once."""
+    ident = model_identity(model_name)
+    cache = EmbeddingCache(cache_dir, ident, layer, pooling)
+    if not cache.missing(seqs):
+        return cache.get(seqs)
+    with output_lock(cache.path):
+        cache = EmbeddingCache(cache_dir, ident, layer, pooling)  # as the last writer left it
+        todo = cache.missing(seqs)
         model, alphabet = _load_model(model_name, device, loader)
         # saved every `chunk` sequences: a killed run resumes from the last saved chunk
         for i in range(0, len(todo), chunk):
