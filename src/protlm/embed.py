@@ -89,14 +89,18 @@ def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
-def scan_fasta(path: str | Path, alphabet: Alphabet | None = None) -> FastaIndex:
-    """Validate every record (FastaError on the first problem) and collect IDs and lengths."""
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, hdf5_names: bool = True) -> FastaIndex:
+    """Validate every record (FastaError on the first problem) and collect IDs and lengths.
+
+    With `hdf5_names`, IDs must also work as HDF5 group names (file names are always safe:
+    protlm.records.record_stem encodes them).
+    """
     index = FastaIndex(Path(path))
     for rec in read_fasta(path, alphabet):
-        # IDs become HDF5 group names and file names: a '/' would nest groups or directories.
-        if "/" in rec.id or rec.id in (".", ".."):
-            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as output names may not "
-                             "contain '/' or be '.' or '..'")
+        # a '/' would nest groups; '.' and '..' name the group itself or its parent
+        if hdf5_names and ("/" in rec.id or rec.id in (".", "..")):
+            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as HDF5 group names may not "
+                             "contain '/' or be '.' or '..' (--format pt takes any ID)")
         index.ids.append(rec.id)
         index.lengths.append(len(rec.sequence))
     return index
@@ -254,14 +258,14 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
     with output_lock(output):  # before the FASTA scan and model load: a second writer fails fast
-        index = scan_fasta(fasta)
+        index = scan_fasta(fasta, hdf5_names=fmt == "h5")
         model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
         check_lengths(index, model.config.max_sequence_length, cfg.long)
         layers = resolve_layers(cfg.repr_layers, model.num_layers)
         meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
                 "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
         out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
-        done = out.done_ids()
+        done = out.done_ids(index.ids)
         model = prepare_model(model, device, dtype)
         todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
         stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}

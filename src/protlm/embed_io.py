@@ -8,8 +8,9 @@ and holds complete records. At the end the shards are copied into one self-conta
 that replaces the index, and the parts folder is removed. A rerun treats the records in the
 shards (and in a finished `<OUT>`) as done.
 
-.pt (`PtOutput`): a folder of `<id>.pt`, one per record, each renamed into place, with the
-dictionary layout of fair-esm's scripts/extract.py.
+.pt (`PtOutput`): a folder of `<stem>.pt`, one per record, each renamed into place, with the
+dictionary layout of fair-esm's scripts/extract.py; the stem is the ID made a safe, distinct
+file name by protlm.records.record_stem.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from protlm.errors import ProtlmError
 from protlm.io import atomic_path, atomic_write, stale_temps
+from protlm.records import record_stem
 
 META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to resume
 SETTINGS_FILE = "protlm_embed.json"
@@ -87,8 +89,9 @@ class H5Output:
         self._index_cost_s = 0.0
         self._next_shard = 1
 
-    def done_ids(self) -> set[str]:
-        """Check settings of what exists and return the IDs already written."""
+    def done_ids(self, ids: Iterable[str] | None = None) -> set[str]:
+        """Check settings of what exists and return the IDs already written (all of them:
+        `ids` is for PtOutput's sake)."""
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
@@ -178,21 +181,25 @@ class H5Output:
 
 
 class PtOutput:
-    """A folder of fair-esm-layout `<id>.pt` files; each appears complete or not at all."""
+    """A folder of fair-esm-layout `<stem>.pt` files; each appears complete or not at all."""
 
     def __init__(self, path: str | Path, meta: dict):
         self.path = Path(path)
         self.meta = meta
         self.layers = list(meta["layers"])
 
-    def done_ids(self) -> set[str]:
+    def file(self, rid: str) -> Path:
+        return self.path / f"{record_stem(rid)}.pt"
+
+    def done_ids(self, ids: Iterable[str]) -> set[str]:
+        """Check the folder's settings and return which of `ids` have a file."""
         settings = self.path / SETTINGS_FILE
         if settings.exists():
             _check_meta(self.path, json.loads(settings.read_text()), self.meta)
         elif self.path.exists() and any(self.path.iterdir()):
             raise OutputMismatchError(f"{self.path}: exists and is not a protlm embed folder; "
                                       "choose another output path")
-        return {p.stem for p in self.path.glob("*.pt")} if self.path.is_dir() else set()
+        return {rid for rid in ids if self.file(rid).exists()}
 
     def begin(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -204,7 +211,7 @@ class PtOutput:
 
     def write_batch(self, results: list) -> None:
         for r in results:
-            with atomic_path(self.path / f"{r.id}.pt") as tmp:
+            with atomic_path(self.file(r.id)) as tmp:
                 torch.save(to_fair_esm_dict(r), tmp)
 
     def unfinished(self) -> bool:

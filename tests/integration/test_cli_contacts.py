@@ -130,3 +130,29 @@ def test_predict_refused_while_another_process_writes_the_folder(setup, capsys):
     assert e.value.code == 1
     assert f"Error: {out} is being written by process {os.getpid()}" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+AWKWARD = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]  # used to share 'a_b'; '..' and 300 chars
+
+
+def test_predict_gives_every_id_its_own_files(setup):
+    from protlm.records import record_stem
+
+    root, model_dir, structs, fasta = setup
+    seqs = ["MKTAYIAKQR", "GSHMLEDPVA", "MKVLAAGIVG", "ACDEFGHIKL"]
+    awkward = root / "awkward.fasta"
+    awkward.write_text("".join(f">{i}\n{s}\n" for i, s in zip(AWKWARD, seqs)))
+    out = root / "awkward_out"
+    r = _run("predict", awkward, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    assert "already" not in r.output
+    stems = [record_stem(i) for i in AWKWARD]
+    assert len(set(stems)) == 4
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(f"{s}.npy" for s in stems)
+    one = root / "one"
+    for rid, seq, stem in zip(AWKWARD, seqs, stems):  # each file holds its own record's map
+        (root / "one.fasta").write_text(f">x\n{seq}\n")
+        assert _run("predict", root / "one.fasta", "--model", model_dir, "--output", one).exit_code == 0
+        np.testing.assert_array_equal(np.load(out / f"{stem}.npy"), np.load(one / "x.npy"))
+        assert (out / f"{stem}.png").is_file()
+        shutil.rmtree(one)

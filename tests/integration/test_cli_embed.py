@@ -227,3 +227,22 @@ def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     assert read_h5_meta(out)["layout"] == "consolidated" and not parts.exists()
+
+
+def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
+    from protlm.records import record_stem
+
+    ids = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{i} record {n}\nMKV{'L' * n}\n" for n, i in enumerate(ids)))
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0, r.output
+    assert "4 records written" in r.output
+    for n, rid in enumerate(ids):
+        d = read_pt(tmp_path / "pt" / f"{record_stem(rid)}.pt")
+        assert d["label"] == f"{rid} record {n}" and d["mean_representations"][2].shape == (64,)
+    assert len(list((tmp_path / "pt").glob("*.pt"))) == 4
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
+    assert "0 records written, 4 already" in r.output
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # HDF5 groups cannot
+    assert r.exit_code != 0 and "record 'a/b'" in r.output and "--format pt" in r.output

@@ -93,7 +93,7 @@ def test_other_settings_or_other_files_are_refused(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "x.txt").write_text("x")
     with pytest.raises(OutputMismatchError, match="not a protlm embed folder"):
-        PtOutput(tmp_path / "dir", META).done_ids()
+        PtOutput(tmp_path / "dir", META).done_ids(["x"])
 
 
 def test_pt_layout_is_fair_esm_extract(tmp_path):
@@ -104,12 +104,12 @@ def test_pt_layout_is_fair_esm_extract(tmp_path):
     assert set(d) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
     assert d["label"] == "a desc" and set(d["representations"]) == {0, 2}
     out = PtOutput(tmp_path / "pt", META)
-    assert out.done_ids() == set()
+    assert out.done_ids(["a", "b"]) == set()
     out.begin()
     out.write_batch([r])
     back = read_pt(tmp_path / "pt" / "a.pt")
     assert torch.equal(back["representations"][2], r.per_tok[2]) and torch.equal(back["contacts"], r.contacts)
-    assert PtOutput(tmp_path / "pt", META).done_ids() == {"a"}
+    assert PtOutput(tmp_path / "pt", META).done_ids(["a", "b"]) == {"a"}
     assert "mean_representations" not in to_fair_esm_dict(EmbedResult("b", "b", 1, per_tok=r.per_tok))
 
 

@@ -17,6 +17,7 @@ from protlm.contacts.structures import ChainStructure, StructureError, load_chai
 from protlm.io import atomic_path, atomic_write
 from protlm.lock import output_lock
 from protlm.models.esm import ESM
+from protlm.records import record_stem
 
 
 def load_structures(specs: Sequence[str | Path], alphabet: Alphabet) -> list[ChainStructure]:
@@ -121,7 +122,7 @@ def _predict_locked(model, alphabet, records, output: Path, head, truth, setting
     for tmp in output.glob(".*.tmp*"):
         tmp.unlink()  # a file cut off by a kill (protlm.io temps); ours alone while we hold the lock
     for rec in records:
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
+        stem = record_stem(rec.id)
         npy, png = output / f"{stem}.npy", output / f"{stem}.png"
         if npy.exists() and png.exists():
             yield npy, False

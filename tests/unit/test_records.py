@@ -1,0 +1,38 @@
+"""protlm.records: record IDs as file names (injective, safe)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protlm.records import MAX_STEM, record_stem
+
+LONG = "sp|P12345|" + "x" * 300
+
+
+def test_awkward_ids_get_distinct_safe_stems():
+    ids = ["a/b", "a_b", "a%2Fb", "..", ".", ".hidden", "-rf", "~user", "UniRef50_A0A223SCH7",
+           "0|beta-lactamase_P20P|1.58", "é", LONG, LONG + "y", "x" * MAX_STEM]
+    stems = [record_stem(i) for i in ids]
+    assert len(set(stems)) == len(ids)
+    for rid, stem in zip(ids, stems):
+        assert "/" not in stem and stem[0] not in ".-~" and stem not in (".", "..")
+        assert len(stem) <= MAX_STEM and stem.isascii()
+        if "%-" not in stem:
+            assert unquote(stem) == rid  # reversible unless shortened
+    assert record_stem("UniRef50_A0A223SCH7") == "UniRef50_A0A223SCH7"  # plain IDs unchanged
+    assert record_stem("a/b") == "a%2Fb" and record_stem("..") == "%2E."
+    assert record_stem(LONG).startswith("sp%7CP12345%7Cxxx") and "%-" in record_stem(LONG)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(min_size=1, max_size=12),
+                          st.text(alphabet="./_%-a", min_size=1, max_size=8),
+                          st.text(alphabet="ab", min_size=120, max_size=160)),
+                min_size=2, max_size=8, unique=True))
+def test_stems_are_injective(ids):
+    stems = [record_stem(i) for i in ids]
+    assert len(set(stems)) == len(ids)
+    assert all(len(s) <= MAX_STEM and "/" not in s and not s.startswith(".") for s in stems)
