@@ -20,6 +20,7 @@ from protlm.alphabet import Alphabet, pad_tokens
 from protlm.data.batching import chunked_by_size, token_budget_batches
 from protlm.data.fasta import Record, read_fasta
 from protlm.lock import output_lock
+from protlm.records import changed_records, check_changed, sequence_hash
 from protlm.windows import merge_1d, merge_2d, window_spans
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
@@ -59,6 +60,7 @@ class EmbedResult:
     id: str
     description: str  # the whole FASTA header (fair-esm's `label`)
     length: int  # residues in the input sequence
+    sequence_sha256: str | None = None  # recognises a changed sequence on resume
     mean: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
     per_tok: dict[int, torch.Tensor] | None = None  # {layer: (L, D)}, BOS/EOS excluded
     bos: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
@@ -67,11 +69,17 @@ class EmbedResult:
 
 @dataclass
 class FastaIndex:
-    """What the validating pass keeps: IDs and lengths, never sequences."""
+    """What the validating pass keeps: IDs, lengths and sequence hashes, never sequences."""
 
     path: Path
     ids: list[str] = field(default_factory=list)
     lengths: array = field(default_factory=lambda: array("l"))
+    digests: bytearray = field(default_factory=bytearray)  # 32 bytes (SHA-256) per record
+
+    def hashed_ids(self) -> Iterator[tuple[str, str]]:
+        """(id, sequence hash as protlm.records.sequence_hash gives it) per record."""
+        for i, rid in enumerate(self.ids):
+            yield rid, self.digests[32 * i : 32 * (i + 1)].hex()
 
     @property
     def total_residues(self) -> int:
@@ -103,6 +111,7 @@ def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, hdf5_names: b
                              "contain '/' or be '.' or '..' (--format pt takes any ID)")
         index.ids.append(rec.id)
         index.lengths.append(len(rec.sequence))
+        index.digests += bytes.fromhex(sequence_hash(rec.sequence))
     return index
 
 
@@ -157,7 +166,7 @@ def _forward_pieces(model, alphabet: Alphabet, pieces: list[str], layers: list[i
 
 def _assemble(rec: Record, spans, parts: list[dict], layers: list[int], want: set[str]) -> EmbedResult:
     """Combine a record's window outputs; one window (the usual case) passes straight through."""
-    res = EmbedResult(rec.id, rec.description, len(rec.sequence))
+    res = EmbedResult(rec.id, rec.description, len(rec.sequence), sequence_hash(rec.sequence))
     if len(parts) == 1:
         p = parts[0]
         mean, bos, per_tok, contacts = p["mean"], p["bos"], p.get("per_tok"), p.get("contacts")
@@ -244,12 +253,14 @@ def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
 
 def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
                   cfg: EmbedConfig = EmbedConfig(), fmt: str = "h5", device: str | None = None,
-                  dtype: str = "fp32", progress: bool = True, model_loader=None) -> dict:
+                  dtype: str = "fp32", progress: bool = True, model_loader=None,
+                  overwrite_changed: bool = False) -> dict:
     """Validate, load, then embed every record not yet in `output`; resumable after a kill.
 
     Every input error (FASTA, lengths with long='error', layers, settings of an existing
-    output) is raised before any compute and before any output is created. The output's lock
-    (protlm.lock) is held throughout: a second writer of it fails at once. Returns counts.
+    output, records already there whose sequence changed unless `overwrite_changed`, which
+    recomputes them) is raised before any compute and before any output is created. The
+    output's lock (protlm.lock) is held throughout: a second writer fails at once. Returns counts.
     """
     import protlm
     from protlm import embed_io
@@ -265,10 +276,14 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
                 "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
         out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
-        done = out.done_ids(index.ids)
+        stored = out.done_hashes(index.ids)
+        changed = changed_records(stored, index.hashed_ids())
+        check_changed(output, changed, overwrite_changed)
+        done = set(stored).difference(changed)
         model = prepare_model(model, device, dtype)
         todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
-        stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0}
+        stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0,
+                 "recomputed": len(changed)}
         if not todo and not out.unfinished():
             return stats
         out.begin()

@@ -6,7 +6,8 @@ or not at all. `<OUT>` itself is an index of h5py ExternalLinks (`/<id>` -> shar
 rewritten under a temporary name and renamed, so it opens at any moment, even after SIGKILL,
 and holds complete records. At the end the shards are copied into one self-contained file
 that replaces the index, and the parts folder is removed. A rerun treats the records in the
-shards (and in a finished `<OUT>`) as done.
+shards (and in a finished `<OUT>`) as done; each record carries the hash of its sequence, so a
+rerun can tell a changed one, and where a record was rewritten the newest shard wins.
 
 .pt (`PtOutput`): a folder of `<stem>.pt`, one per record, each renamed into place, with the
 dictionary layout of fair-esm's scripts/extract.py; the stem is the ID made a safe, distinct
@@ -67,6 +68,8 @@ def _write_meta(f: h5py.File, meta: dict, layout: str) -> None:
 def _write_record(g: h5py.Group, r, layers: list[int]) -> None:
     g.attrs["description"] = r.description
     g.attrs["length"] = r.length
+    if r.sequence_sha256 is not None:
+        g.attrs["sequence_sha256"] = r.sequence_sha256
     for name in ("mean", "per_tok", "bos"):
         d = getattr(r, name)
         if d is not None:
@@ -84,14 +87,17 @@ class H5Output:
         self.meta = meta
         self.layers = list(meta["layers"])
         self.index_interval_s = index_interval_s
-        self._where: dict[str, str] = {}  # record id -> shard file name
+        self._where: dict[str, str] = {}  # record id -> shard file name (the newest, if rewritten)
         self._last_index = 0.0
         self._index_cost_s = 0.0
         self._next_shard = 1
 
     def done_ids(self, ids: Iterable[str] | None = None) -> set[str]:
-        """Check settings of what exists and return the IDs already written (all of them:
-        `ids` is for PtOutput's sake)."""
+        return set(self.done_hashes(ids))
+
+    def done_hashes(self, ids: Iterable[str] | None = None) -> dict[str, str | None]:
+        """Check settings of what exists; {id: sequence hash (None if not stored)} of every
+        record already written (all of them: `ids` is for PtOutput's sake)."""
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
@@ -102,16 +108,16 @@ class H5Output:
             _check_meta(self.path, found, self.meta)
             if layout == "consolidated" and self.parts.exists():
                 shutil.rmtree(self.parts)  # killed after the final rename: its shards are all in OUT
-        done = set()
+        done = {}
         if self.path.exists() and not self.parts.exists():
             with h5py.File(self.path, "r") as f:
-                done |= set(f.keys())
-        for shard in self._shards():
+                done = _hashes(f)
+        for shard in self._shards():  # in order: a rewritten record's newest shard wins
             with h5py.File(shard, "r") as f:
                 _check_meta(shard, _h5_meta(f), self.meta)
-                for rid in f.keys():
-                    self._where.setdefault(rid, shard.name)
-        return done | set(self._where)
+                done.update(_hashes(f))
+                self._where.update((rid, shard.name) for rid in f.keys())
+        return done
 
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
@@ -149,7 +155,7 @@ class H5Output:
             for r in results:
                 _write_record(f.create_group(r.id), r, self.layers)
         for r in results:
-            self._where.setdefault(r.id, name)
+            self._where[r.id] = name
         # The index is rewritten whole (O(records)), so it is refreshed at most every
         # index_interval_s and never more than ~10% of the time; shards are the truth for resume.
         wait = max(self.index_interval_s, 10 * self._index_cost_s)
@@ -172,7 +178,7 @@ class H5Output:
             return  # nothing new was written: OUT is already consolidated
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as dst:
             _write_meta(dst, self.meta, "consolidated")
-            for shard in self._shards():
+            for shard in reversed(self._shards()):  # newest first: a rewritten record's new version
                 with h5py.File(shard, "r") as src:
                     for rid in src.keys():
                         if rid not in dst:
@@ -192,14 +198,20 @@ class PtOutput:
         return self.path / f"{record_stem(rid)}.pt"
 
     def done_ids(self, ids: Iterable[str]) -> set[str]:
-        """Check the folder's settings and return which of `ids` have a file."""
+        return set(self.done_hashes(ids))
+
+    def done_hashes(self, ids: Iterable[str]) -> dict[str, str | None]:
+        """Check the folder's settings; {id: sequence hash (None if not stored)} of those of
+        `ids` that have a file."""
         settings = self.path / SETTINGS_FILE
         if settings.exists():
             _check_meta(self.path, json.loads(settings.read_text()), self.meta)
         elif self.path.exists() and any(self.path.iterdir()):
             raise OutputMismatchError(f"{self.path}: exists and is not a protlm embed folder; "
                                       "choose another output path")
-        return {rid for rid in ids if self.file(rid).exists()}
+        # mmap: only the small fields are read, not the tensors
+        return {rid: torch.load(self.file(rid), map_location="cpu", weights_only=True, mmap=True)
+                .get("sequence_sha256") for rid in ids if self.file(rid).exists()}
 
     def begin(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -235,7 +247,13 @@ def to_fair_esm_dict(r) -> dict:
         out["bos_representations"] = dict(r.bos)
     if r.contacts is not None:
         out["contacts"] = r.contacts
+    if r.sequence_sha256 is not None:  # protlm's addition: recognises a changed sequence on resume
+        out["sequence_sha256"] = r.sequence_sha256
     return out
+
+
+def _hashes(f: h5py.File) -> dict[str, str | None]:
+    return {rid: f[rid].attrs.get("sequence_sha256") for rid in f.keys()}
 
 
 def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:

@@ -156,3 +156,28 @@ def test_predict_gives_every_id_its_own_files(setup):
         np.testing.assert_array_equal(np.load(out / f"{stem}.npy"), np.load(one / "x.npy"))
         assert (out / f"{stem}.png").is_file()
         shutil.rmtree(one)
+
+
+def test_predict_refuses_or_recomputes_a_changed_record(setup):
+    root, model_dir, structs, fasta = setup
+    out = root / "changed"
+    chains = {n: load_chain(structs / f"{n}.cif").sequence for n in NAMES[:2]}
+    src = root / "changing.fasta"
+    src.write_text(f">1l2y\n{chains['1l2y']}\n>2axd\n{chains['2axd']}\n")
+    assert _run("predict", src, "--model", model_dir, "--output", out).exit_code == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    src.write_text(f">1l2y\n{chains['1l2y']}\n>2axd\n{chains['2axd'][:40]}\n")  # same ID, new sequence
+    r = _run("predict", src, "--model", model_dir, "--output", out)
+    assert r.exit_code == 1 and "'2axd'" in r.output and "'1l2y'" not in r.output
+    assert "another sequence" in r.output and "--overwrite-changed" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp  # refused before any write
+    r = _run("predict", src, "--model", model_dir, "--output", out, "--overwrite-changed")
+    assert r.exit_code == 0, r.output
+    assert str(out / "2axd.npy") in r.output and "1 records already" in r.output
+    assert (out / "1l2y.npy").stat().st_mtime_ns == stamp["1l2y.npy"]
+    (root / "new.fasta").write_text(f">2axd\n{chains['2axd'][:40]}\n")
+    assert _run("predict", root / "new.fasta", "--model", model_dir, "--output", root / "new").exit_code == 0
+    np.testing.assert_array_equal(np.load(out / "2axd.npy"), np.load(root / "new" / "2axd.npy"))
+    assert np.load(out / "2axd.npy").shape == (40, 40)
+    r = _run("predict", src, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0 and "2 records already" in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import re
@@ -58,7 +59,9 @@ def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
     h5 = read_h5(tmp_path / "e.h5")
     for rec in read_fasta(fasta):
         pt = read_pt(tmp_path / "pt" / f"{rec.id}.pt")
-        assert set(pt) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
+        assert set(pt) == {"label", "representations", "mean_representations", "bos_representations",
+                           "contacts", "sequence_sha256"}
+        assert pt["sequence_sha256"] == hashlib.sha256(rec.sequence.encode()).hexdigest()
         assert pt["label"] == rec.description and set(pt["representations"]) == {0, 2}
         for j, k in enumerate((0, 2)):
             np.testing.assert_array_equal(pt["representations"][k].numpy(), h5[rec.id]["per_tok"][j])
@@ -246,3 +249,59 @@ def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
     assert "0 records written, 4 already" in r.output
     r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # HDF5 groups cannot
     assert r.exit_code != 0 and "record 'a/b'" in r.output and "--format pt" in r.output
+
+
+def main_run(capsys, *args):
+    """`protlm ARGS` through main(): (exit status, stderr), as from a shell."""
+    from protlm.cli.main import main
+
+    try:
+        main([*map(str, args)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt"])
+def test_changed_sequence_is_refused_or_recomputed(tmp_path, models, capsys, fmt):
+    fasta, out, fresh = tmp_path / "in.fasta", tmp_path / "out", tmp_path / "fresh"
+    opts = ["--model", models / "esm2", "--include", "mean", "per_tok", "--format", fmt, "--no-progress"]
+    fasta.write_text(">a first\nMKTAYIAKQR\n>b second\nGSHMLEDPVA\n")
+    assert main_run(capsys, "embed", fasta, *opts, "--output", out)[0] == 0
+
+    def read(path):
+        if fmt == "h5":
+            return read_h5(path)
+        from protlm.records import record_stem
+
+        return {rid: read_pt(path / f"{record_stem(rid)}.pt") for rid in ("a", "b")}
+
+    def snapshot():
+        files = [out] if out.is_file() else sorted(out.iterdir())
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+    before = snapshot()
+    fasta.write_text(">a first\nMKTAYIAKQRQISFV\n>b second\nGSHMLEDPVA\n")  # same ID, new sequence
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out)
+    assert code == 1 and "Traceback" not in err
+    assert "1 record(s) already there have another sequence now" in err and "'a'" in err
+    assert "'b'" not in err and "--overwrite-changed" in err
+    assert snapshot() == before  # refused before any write
+
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out, "--overwrite-changed")
+    assert code == 0 and "1 records written (1 changed, recomputed), 1 already" in err
+    assert main_run(capsys, "embed", fasta, *opts, "--output", fresh)[0] == 0
+    got, want = read(out), read(fresh)
+    if fmt == "h5":
+        assert got["a"]["per_tok"].shape == (1, 15, 64)
+        for rid in ("a", "b"):
+            for k in ("mean", "per_tok"):
+                np.testing.assert_allclose(got[rid][k], want[rid][k], atol=1e-5, rtol=0)
+    else:
+        assert got["a"]["representations"][2].shape == (15, 64)
+        assert got["a"]["sequence_sha256"] == want["a"]["sequence_sha256"]
+        torch.testing.assert_close(got["a"]["mean_representations"][2], want["a"]["mean_representations"][2],
+                                   atol=1e-5, rtol=0)
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out)
+    assert code == 0 and "0 records written, 2 already" in err

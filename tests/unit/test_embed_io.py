@@ -121,7 +121,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
     kw = dict(cfg=cfg, device="cpu", progress=False)
     assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)["written"] == 3
     stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert stats == {"records": 15, "skipped": 3, "written": 12}
+    assert stats == {"records": 15, "skipped": 3, "written": 12, "recomputed": 0}
     embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "b.h5", **kw)
     a, b = read_h5(tmp_path / "a.h5"), read_h5(tmp_path / "b.h5")
     assert sorted(a) == sorted(b) and len(a) == 15
@@ -129,7 +129,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert again == {"records": 15, "skipped": 15, "written": 0}
+    assert again == {"records": 15, "skipped": 15, "written": 0, "recomputed": 0}
 
 
 def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
@@ -144,3 +144,29 @@ def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
     again.finish()
     assert read_h5_meta(path)["layout"] == "consolidated" and sorted(read_h5(path)) == ["a", "b"]
     assert not (tmp_path / ".e.h5.0badf00d.tmp").exists() and not again.parts.exists()
+
+
+def hashed(rid, L, seed, sha):
+    r = fake(rid, L, seed)
+    r.sequence_sha256 = sha
+    return r
+
+
+def test_rewritten_record_newest_version_wins(tmp_path):
+    """--overwrite-changed writes a record again: the index, a resume and the final file all
+    take the newest shard's version."""
+    path = tmp_path / "e.h5"
+    out = H5Output(path, META)
+    out.done_ids(), out.begin(), out.write_batch([hashed("a", 3, 0, "h-old"), hashed("b", 2, 1, "h-b")])
+    out.finish()
+    again = H5Output(path, META, index_interval_s=0)
+    assert again.done_hashes() == {"a": "h-old", "b": "h-b"}
+    again.begin()
+    again.write_batch([hashed("a", 4, 2, "h-new")])
+    assert read_h5(path)["a"]["per_tok"].shape == (2, 4, 4)  # the running index links the new one
+    assert H5Output(path, META).done_hashes() == {"a": "h-new", "b": "h-b"}  # as a rerun after a kill sees it
+    again.finish()
+    with h5py.File(path) as f:
+        assert f["a"].attrs["sequence_sha256"] == "h-new" and f["a"]["per_tok"].shape == (2, 4, 4)
+        assert f["b"].attrs["sequence_sha256"] == "h-b"
+    np.testing.assert_array_equal(read_h5(path)["a"]["mean"][0], fake("a", 4, 2).mean[0].numpy())

@@ -181,3 +181,20 @@ def test_cache_refuses_a_second_writer_but_serves_readers(tmp_path, debug_model)
         np.testing.assert_array_equal(
             cached_embeddings(["MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False), x)
     assert cache_file.read_bytes() == before
+
+
+def test_cache_never_serves_a_changed_sequence(tmp_path, debug_model):
+    """The cache is keyed by the SHA-256 of each sequence (and model, layer, pooling), not by
+    record ID: a record whose sequence changed gets a fresh vector."""
+    model = debug_model()
+    calls = []
+
+    def loader(name):
+        calls.append(name)
+        return model, model.alphabet
+
+    old = cached_embeddings(["MKTAYIAKQR"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
+    new = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
+    fresh = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "empty", loader=loader, progress=False)
+    assert len(calls) == 3 and not np.array_equal(old, new)
+    np.testing.assert_array_equal(new, fresh)

@@ -44,8 +44,10 @@ _weights = click.option("--head-weights", type=click.Path(exists=True), default=
 @_weights
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="folder for <id>.npy and <id>.png")
 @click.option("--structure", default=None, help="FILE[:CHAIN]: draw its true contacts over the prediction")
+@click.option("--overwrite-changed", is_flag=True,
+              help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 @_errors
-def predict(fasta, model_name, head, head_weights, output, structure):
+def predict(fasta, model_name, head, head_weights, output, structure, overwrite_changed):
     """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
     from protlm.contacts import pipeline
     from protlm.data.fasta import load_fasta
@@ -58,7 +60,7 @@ def predict(fasta, model_name, head, head_weights, output, structure):
                 "head_weights": model_identity(head_weights) if head_weights else None}
     skipped = 0
     for path, computed in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear,
-                                                 truth, settings):
+                                                 truth, settings, overwrite_changed):
         if computed:
             click.echo(str(path))
         skipped += not computed

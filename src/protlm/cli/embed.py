@@ -53,8 +53,10 @@ class _MultiValueCommand(click.Command):
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--overwrite-changed", is_flag=True,
+              help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, progress):
+            fmt, progress, overwrite_changed):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
     from protlm.data.fasta import FastaError
     from protlm.embed import EmbedConfig, EmbedError, embed_to_file
@@ -64,7 +66,9 @@ def command(fasta, model_name, output, repr_layers, include, toks_per_batch, lon
     try:
         include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
         cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long)
-        stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress)
+        stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress,
+                              overwrite_changed=overwrite_changed)
     except (FastaError, EmbedError, OutputMismatchError, CheckpointError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
-    click.echo(f"{stats['written']} records written, {stats['skipped']} already in {output}", err=True)
+    changed = f" ({stats['recomputed']} changed, recomputed)" if stats["recomputed"] else ""
+    click.echo(f"{stats['written']} records written{changed}, {stats['skipped']} already in {output}", err=True)

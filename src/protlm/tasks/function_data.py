@@ -19,6 +19,7 @@ import numpy as np
 from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.data.fasta import open_text, read_fasta
 from protlm.io import atomic_path
+from protlm.records import sequence_hash
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 
@@ -128,12 +129,11 @@ def as_targets(data: LabelledData, task: str, path="input") -> np.ndarray:
     return out
 
 
-def sequence_key(seq: str) -> str:
-    return hashlib.sha256(seq.encode()).hexdigest()
-
-
 class EmbeddingCache:
     """Pooled vectors keyed by sequence hash, one .npz per (model, layer, pooling).
+
+    Keyed by content, not record ID, so a record whose sequence changed is never served an old
+    vector (what embed and contacts check with stored hashes holds here by construction).
 
     Saved with protlm.io.atomic_path, so a kill never leaves a broken cache.
     """
@@ -151,15 +151,15 @@ class EmbeddingCache:
 
     def missing(self, seqs: Sequence[str]) -> list[str]:
         """Distinct sequences not yet cached, in first-seen order."""
-        return list(dict.fromkeys(s for s in seqs if sequence_key(s) not in self.vectors))
+        return list(dict.fromkeys(s for s in seqs if sequence_hash(s) not in self.vectors))
 
     def add(self, seqs: Sequence[str], x_ND: np.ndarray) -> None:
         for s, v in zip(seqs, x_ND):
-            self.vectors[sequence_key(s)] = v
+            self.vectors[sequence_hash(s)] = v
         self.save()
 
     def get(self, seqs: Sequence[str]) -> np.ndarray:
-        return np.stack([self.vectors[sequence_key(s)] for s in seqs])
+        return np.stack([self.vectors[sequence_hash(s)] for s in seqs])
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

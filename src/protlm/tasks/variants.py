@@ -180,6 +180,7 @@ class PLLStore:
 
     The first line names the model; a store written for another model is started afresh. Each
     line is flushed and fsynced, and a torn last line (a kill mid-write) is ignored on reading.
+    Keyed by the scored sequence itself, so a changed wild type is never served an old PLL.
     """
 
     def __init__(self, path, model: str):
