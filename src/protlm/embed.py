@@ -8,6 +8,7 @@ per-record results, and `embed_to_file` adds resumable, kill-safe writing (see e
 from __future__ import annotations
 
 from protlm.errors import ProtlmError
+import sys
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class EmbedResult:
     description: str  # the whole FASTA header (fair-esm's `label`)
     length: int  # residues in the input sequence
     sequence_sha256: str | None = None  # recognises a changed sequence on resume
+    truncated_from: int | None = None  # with long='truncate': the length before truncation
     mean: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
     per_tok: dict[int, torch.Tensor] | None = None  # {layer: (L, D)}, BOS/EOS excluded
     bos: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
@@ -167,6 +169,8 @@ def _forward_pieces(model, alphabet: Alphabet, pieces: list[str], layers: list[i
 def _assemble(rec: Record, spans, parts: list[dict], layers: list[int], want: set[str]) -> EmbedResult:
     """Combine a record's window outputs; one window (the usual case) passes straight through."""
     res = EmbedResult(rec.id, rec.description, len(rec.sequence), sequence_hash(rec.sequence))
+    if spans[-1][1] < len(rec.sequence):
+        res.truncated_from = len(rec.sequence)
     if len(parts) == 1:
         p = parts[0]
         mean, bos, per_tok, contacts = p["mean"], p["bos"], p.get("per_tok"), p.get("contacts")
@@ -283,7 +287,7 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         model = prepare_model(model, device, dtype)
         todo = [(rid, n) for rid, n in zip(index.ids, index.lengths) if rid not in done]
         stats = {"records": len(index.ids), "skipped": len(index.ids) - len(todo), "written": 0,
-                 "recomputed": len(changed)}
+                 "recomputed": len(changed), "truncated": _warn_truncated(todo, model, cfg.long)}
         if not todo and not out.unfinished():
             return stats
         out.begin()
@@ -299,6 +303,18 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         out.write_index()
         out.finish()
         return stats
+
+
+def _warn_truncated(todo: list[tuple[str, int]], model, long: str) -> int:
+    """With long='truncate', say once (stderr) how many records lose residues; returns the count."""
+    max_len = model.config.max_sequence_length
+    n = sum(length > max_len for _, length in todo) if long == "truncate" else 0
+    if n:
+        print(f"warning: {n} of {len(todo)} records are longer than the model's limit of {max_len} "
+              f"residues and keep only their first {max_len} (--long truncate; each is marked "
+              "truncated_from=<length> in the output); --long window embeds them whole",
+              file=sys.stderr, flush=True)
+    return n
 
 
 def _progress_bar(n_records: int, enabled: bool):

@@ -70,6 +70,8 @@ def _write_record(g: h5py.Group, r, layers: list[int]) -> None:
     g.attrs["length"] = r.length
     if r.sequence_sha256 is not None:
         g.attrs["sequence_sha256"] = r.sequence_sha256
+    if r.truncated_from is not None:
+        g.attrs["truncated_from"] = r.truncated_from
     for name in ("mean", "per_tok", "bos"):
         d = getattr(r, name)
         if d is not None:
@@ -249,6 +251,8 @@ def to_fair_esm_dict(r) -> dict:
         out["contacts"] = r.contacts
     if r.sequence_sha256 is not None:  # protlm's addition: recognises a changed sequence on resume
         out["sequence_sha256"] = r.sequence_sha256
+    if r.truncated_from is not None:  # protlm's addition: the length before --long truncate
+        out["truncated_from"] = r.truncated_from
     return out
 
 

@@ -305,3 +305,34 @@ def test_changed_sequence_is_refused_or_recomputed(tmp_path, models, capsys, fmt
                                    atol=1e-5, rtol=0)
     code, err = main_run(capsys, "embed", fasta, *opts, "--output", out)
     assert code == 0 and "0 records written, 2 already" in err
+
+
+def test_truncation_is_announced_once_and_recorded_per_record(tmp_path, shared_data, models):
+    recs = list(read_fasta(shared_data / "sequences" / "few_proteins.fasta"))  # 80, 71, 99 residues
+    fasta = tmp_path / "in.fasta"
+    write_fasta([(r.id, r.sequence) for r in recs] + [("short", recs[0].sequence[:20])], fasta)
+    lengths = {r.id: len(r.sequence) for r in recs}
+    opts = ["--model", models / "short", "--include", "per_tok"]  # a 32-residue limit
+    r = run(fasta, *opts, "--output", tmp_path / "t.h5")
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 3 of 4 records are longer than")
+    assert "limit of 32 residues" in warnings[0] and "--long window" in warnings[0]
+    with h5py.File(tmp_path / "t.h5") as f:
+        for rid, n in lengths.items():
+            assert f[rid].attrs["truncated_from"] == n and f[rid]["per_tok"].shape == (1, 32, 64)
+        assert "truncated_from" not in f["short"].attrs and f["short"]["per_tok"].shape == (1, 20, 64)
+    r = run(fasta, *opts, "--output", tmp_path / "t.h5")  # nothing left to embed: nothing truncated
+    assert r.exit_code == 0 and "warning" not in r.stderr
+
+    r = run(fasta, *opts, "--output", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0 and r.stderr.count("warning: 3 of 4 records") == 1
+    for rid, n in lengths.items():
+        d = read_pt(tmp_path / "pt" / f"{rid}.pt")
+        assert d["truncated_from"] == n and d["representations"][2].shape == (32, 64)
+    assert "truncated_from" not in read_pt(tmp_path / "pt" / "short.pt")
+
+    r = run(fasta, *opts, "--output", tmp_path / "w.h5", "--long", "window")
+    assert r.exit_code == 0 and "warning" not in r.stderr
+    with h5py.File(tmp_path / "w.h5") as f:
+        assert all("truncated_from" not in f[rid].attrs for rid in f)

@@ -121,7 +121,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
     kw = dict(cfg=cfg, device="cpu", progress=False)
     assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)["written"] == 3
     stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert stats == {"records": 15, "skipped": 3, "written": 12, "recomputed": 0}
+    assert stats == {"records": 15, "skipped": 3, "written": 12, "recomputed": 0, "truncated": 0}
     embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "b.h5", **kw)
     a, b = read_h5(tmp_path / "a.h5"), read_h5(tmp_path / "b.h5")
     assert sorted(a) == sorted(b) and len(a) == 15
@@ -129,7 +129,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert again == {"records": 15, "skipped": 15, "written": 0, "recomputed": 0}
+    assert again == {"records": 15, "skipped": 15, "written": 0, "recomputed": 0, "truncated": 0}
 
 
 def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
