@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Iterator
@@ -68,7 +69,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
 
 
 def stale_temps(path: str | Path) -> list[Path]:
-    """Temporary files that atomic_path left beside `path` when its process was killed."""
+    """Temporary files that atomic_path left beside `path` when its process was killed (only
+    its own: the temps of `path.x` do not match)."""
     path = Path(path)
-    pattern = f".{glob.escape(path.name)}.*.tmp*"
-    return [path.parent / p for p in glob.glob(pattern, root_dir=path.parent)]
+    own = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
+    names = glob.glob(f".{glob.escape(path.name)}.*.tmp*", root_dir=path.parent)
+    return [path.parent / n for n in names if own.match(n)]

@@ -46,6 +46,8 @@ def test_temp_names_are_unique_hidden_and_in_the_same_folder(tmp_path):
         a.write_text("a")
         b.write_text("b")
     assert target.read_text() == "a" and stale_temps(target) == []  # the last one renamed wins
+    with atomic_path(tmp_path / "out.h5.x.h5") as other:  # another output's temp is not ours
+        assert stale_temps(target) == [] and stale_temps(tmp_path / "out.h5.x.h5") == [other]
 
 
 def test_suffix_ends_the_temp_name_so_extension_adding_writers_work(tmp_path):
