@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,33 @@ def debug_model():
         return build_model(DEBUG_CONFIGS[name]).eval()
 
     return make
+
+
+_HOLD = """
+import sys
+from protlm.lock import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def hold_in_subprocess():
+    """factory: hold_in_subprocess(output) -> a process holding output's lock until its stdin
+    closes or it is killed (cleaned up after the test)."""
+    procs = []
+
+    def start(output):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(output)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=30)

@@ -8,6 +8,7 @@ per-record results, and `embed_to_file` adds resumable, kill-safe writing (see e
 from __future__ import annotations
 
 from protlm.errors import ProtlmError
+import sys
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import torch
 from protlm.alphabet import Alphabet, pad_tokens
 from protlm.data.batching import chunked_by_size, token_budget_batches
 from protlm.data.fasta import Record, read_fasta
+from protlm.lock import output_lock
+from protlm.records import changed_records, check_changed, sequence_hash
 from protlm.windows import merge_1d, merge_2d, window_spans
 from protlm.dtypes import canonical, cast_parameters_
 
@@ -59,6 +62,8 @@ class EmbedResult:
     id: str
     description: str  # the whole FASTA header (fair-esm's `label`)
     length: int  # residues in the input sequence
+    sequence_sha256: str | None = None  # recognises a changed sequence on resume
+    truncated_from: int | None = None  # with long='truncate': the length before truncation
     mean: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
     per_tok: dict[int, torch.Tensor] | None = None  # {layer: (L, D)}, BOS/EOS excluded
     bos: dict[int, torch.Tensor] | None = None  # {layer: (D,)}
@@ -67,11 +72,17 @@ class EmbedResult:
 
 @dataclass
 class FastaSummary:
-    """What the validating pass keeps: IDs and lengths, never sequences."""
+    """What the validating pass keeps: IDs, lengths and sequence hashes, never sequences."""
 
     path: Path
     ids: list[str] = field(default_factory=list)
     lengths: array = field(default_factory=lambda: array("l"))
+    digests: bytearray = field(default_factory=bytearray)  # 32 bytes (SHA-256) per record
+
+    def hashed_ids(self) -> Iterator[tuple[str, str]]:
+        """(id, sequence hash as protlm.records.sequence_hash gives it) per record."""
+        for i, rid in enumerate(self.ids):
+            yield rid, self.digests[32 * i : 32 * (i + 1)].hex()
 
     @property
     def total_residues(self) -> int:
@@ -89,16 +100,22 @@ def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
-def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None) -> FastaSummary:
-    """Validate every record (FastaError on the first problem) and collect IDs and lengths."""
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None,
+               hdf5_names: bool = True) -> FastaSummary:
+    """Validate every record (FastaError on the first problem) and collect IDs, lengths, hashes.
+
+    With `hdf5_names`, IDs must also work as HDF5 group names (file names are always safe:
+    protlm.records.record_stem encodes them).
+    """
     summary = FastaSummary(Path(path))
     for rec in read_fasta(path, alphabet, unknown):
-        # IDs become HDF5 group names and file names: a '/' would nest groups or directories.
-        if "/" in rec.id or rec.id in (".", ".."):
-            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as output names may not "
-                             "contain '/' or be '.' or '..'")
+        # a '/' would nest groups; '.' and '..' name the group itself or its parent
+        if hdf5_names and ("/" in rec.id or rec.id in (".", "..")):
+            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as HDF5 group names may not "
+                             "contain '/' or be '.' or '..' (--format pt takes any ID)")
         summary.ids.append(rec.id)
         summary.lengths.append(len(rec.sequence))
+        summary.digests += bytes.fromhex(sequence_hash(rec.sequence))
     return summary
 
 
@@ -153,7 +170,9 @@ def _forward_pieces(model, alphabet: Alphabet, pieces: list[str], layers: list[i
 
 def _assemble(rec: Record, spans, parts: list[dict], layers: list[int], want: set[str]) -> EmbedResult:
     """Combine a record's window outputs; one window (the usual case) passes straight through."""
-    res = EmbedResult(rec.id, rec.description, len(rec.sequence))
+    res = EmbedResult(rec.id, rec.description, len(rec.sequence), sequence_hash(rec.sequence))
+    if spans[-1][1] < len(rec.sequence):
+        res.truncated_from = len(rec.sequence)
     if len(parts) == 1:
         p = parts[0]
         mean, bos, per_tok, contacts = p["mean"], p["bos"], p.get("per_tok"), p.get("contacts")
@@ -239,11 +258,14 @@ def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
 
 def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
                   cfg: EmbedConfig = EmbedConfig(), fmt: str = "h5", device: str | None = None,
-                  dtype: str = "fp32", progress: bool = True, model_loader=None) -> dict:
+                  dtype: str = "fp32", progress: bool = True, model_loader=None,
+                  overwrite_changed: bool = False) -> dict:
     """Validate, load, then embed every record not yet in `output`; resumable after a kill.
 
     Every input error (FASTA, lengths with long='error', layers, settings of an existing
-    output) is raised before any compute and before any output is created. Returns counts.
+    output, records already there whose sequence changed unless `overwrite_changed`, which
+    recomputes them) is raised before any compute and before any output is created. The
+    output's lock (protlm.lock) is held throughout: a second writer fails at once. Returns counts.
     """
     import protlm
     from protlm import embed_io
@@ -251,32 +273,49 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
-    summary = scan_fasta(fasta, unknown=cfg.unknown)
-    model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
-    check_lengths(summary, model.config.max_sequence_length, cfg.long)
-    layers = resolve_layers(cfg.repr_layers, model.num_layers)
-    meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
-            "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
-    out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
-    done = out.done_ids()
-    model = prepare_model(model, device, dtype)
-    todo = [(rid, n) for rid, n in zip(summary.ids, summary.lengths) if rid not in done]
-    stats = {"records": len(summary.ids), "skipped": len(summary.ids) - len(todo), "written": 0}
-    if not todo and not out.unfinished():
+    with output_lock(output):  # before the FASTA scan and model load: a second writer fails fast
+        summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
+        model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
+        check_lengths(summary, model.config.max_sequence_length, cfg.long)
+        layers = resolve_layers(cfg.repr_layers, model.num_layers)
+        meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
+                "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
+        out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
+        stored = out.done_hashes(summary.ids)
+        changed = changed_records(stored, summary.hashed_ids())
+        check_changed(output, changed, overwrite_changed)
+        done = set(stored).difference(changed)
+        model = prepare_model(model, device, dtype)
+        todo = [(rid, n) for rid, n in zip(summary.ids, summary.lengths) if rid not in done]
+        stats = {"records": len(summary.ids), "skipped": len(summary.ids) - len(todo), "written": 0,
+                 "recomputed": len(changed), "truncated": _warn_truncated(todo, model, cfg.long)}
+        if not todo and not out.unfinished():
+            return stats
+        out.begin()
+        bar = _progress_bar(len(todo), progress)
+        t0 = time.perf_counter()
+        for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
+            out.write_batch(batch)
+            stats["written"] += len(batch)
+            bar.update(len(batch))
+            bar.tokens += sum(r.length for r in batch)
+            bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
+        bar.close()
+        out.write_index()
+        out.finish()
         return stats
-    out.begin()
-    bar = _progress_bar(len(todo), progress)
-    t0 = time.perf_counter()
-    for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
-        out.write_batch(batch)
-        stats["written"] += len(batch)
-        bar.update(len(batch))
-        bar.tokens += sum(r.length for r in batch)
-        bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
-    bar.close()
-    out.write_index()
-    out.finish()
-    return stats
+
+
+def _warn_truncated(todo: list[tuple[str, int]], model, long: str) -> int:
+    """With long='truncate', say once (stderr) how many records lose residues; returns the count."""
+    max_len = model.config.max_sequence_length
+    n = sum(length > max_len for _, length in todo) if long == "truncate" else 0
+    if n:
+        print(f"warning: {n} of {len(todo)} records are longer than the model's limit of {max_len} "
+              f"residues and keep only their first {max_len} (--long truncate; each is marked "
+              "truncated_from=<length> in the output); --long window embeds them whole",
+              file=sys.stderr, flush=True)
+    return n
 
 
 def _progress_bar(n_records: int, enabled: bool):

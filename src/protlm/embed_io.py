@@ -6,15 +6,16 @@ or not at all. `<OUT>` itself is an index of h5py ExternalLinks (`/<id>` -> shar
 rewritten under a temporary name and renamed, so it opens at any moment, even after SIGKILL,
 and holds complete records. At the end the shards are copied into one self-contained file
 that replaces the index, and the parts folder is removed. A rerun treats the records in the
-shards (and in a finished `<OUT>`) as done.
+shards (and in a finished `<OUT>`) as done; each record carries the hash of its sequence, so a
+rerun can tell a changed one, and where a record was rewritten the newest shard wins.
 
-.pt (`PtOutput`): a folder of `<id>.pt`, one per record, each renamed into place, with the
-dictionary layout of fair-esm's scripts/extract.py.
+.pt (`PtOutput`): a folder of `<stem>.pt`, one per record, each renamed into place, with the
+dictionary layout of fair-esm's scripts/extract.py; the stem is the ID made a safe, distinct
+file name by protlm.records.record_stem.
 """
 
 from __future__ import annotations
 
-from protlm.errors import ProtlmError
 import json
 import os
 import shutil
@@ -25,6 +26,10 @@ from typing import Iterable
 import h5py
 import numpy as np
 import torch
+
+from protlm.errors import ProtlmError
+from protlm.io import atomic_path, atomic_write, stale_temps
+from protlm.records import record_stem
 
 META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to resume
 SETTINGS_FILE = "protlm_embed.json"
@@ -63,6 +68,10 @@ def _write_meta(f: h5py.File, meta: dict, layout: str) -> None:
 def _write_record(g: h5py.Group, r, layers: list[int]) -> None:
     g.attrs["description"] = r.description
     g.attrs["length"] = r.length
+    if r.sequence_sha256 is not None:
+        g.attrs["sequence_sha256"] = r.sequence_sha256
+    if r.truncated_from is not None:
+        g.attrs["truncated_from"] = r.truncated_from
     for name in ("mean", "per_tok", "bos"):
         d = getattr(r, name)
         if d is not None:
@@ -80,13 +89,17 @@ class H5Output:
         self.meta = meta
         self.layers = list(meta["layers"])
         self.index_interval_s = index_interval_s
-        self._where: dict[str, str] = {}  # record id -> shard file name
+        self._where: dict[str, str] = {}  # record id -> shard file name (the newest, if rewritten)
         self._last_index = 0.0
         self._index_cost_s = 0.0
         self._next_shard = 1
 
-    def done_ids(self) -> set[str]:
-        """Check settings of what exists and return the IDs already written."""
+    def done_ids(self, ids: Iterable[str] | None = None) -> set[str]:
+        return set(self.done_hashes(ids))
+
+    def done_hashes(self, ids: Iterable[str] | None = None) -> dict[str, str | None]:
+        """Check settings of what exists; {id: sequence hash (None if not stored)} of every
+        record already written (all of them: `ids` is for PtOutput's sake)."""
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
@@ -97,16 +110,16 @@ class H5Output:
             _check_meta(self.path, found, self.meta)
             if layout == "consolidated" and self.parts.exists():
                 shutil.rmtree(self.parts)  # killed after the final rename: its shards are all in OUT
-        done = set()
+        done = {}
         if self.path.exists() and not self.parts.exists():
             with h5py.File(self.path, "r") as f:
-                done |= set(f.keys())
-        for shard in self._shards():
+                done = _hashes(f)
+        for shard in self._shards():  # in order: a rewritten record's newest shard wins
             with h5py.File(shard, "r") as f:
                 _check_meta(shard, _h5_meta(f), self.meta)
-                for rid in f.keys():
-                    self._where.setdefault(rid, shard.name)
-        return done | set(self._where)
+                done.update(_hashes(f))
+                self._where.update((rid, shard.name) for rid in f.keys())
+        return done
 
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
@@ -117,6 +130,8 @@ class H5Output:
 
     def begin(self) -> None:
         """Before the first new shard: a finished OUT becomes shard 0 so the index can link to it."""
+        for tmp in stale_temps(self.path):
+            tmp.unlink()  # an index or final file cut off by a kill
         if self.parts.is_dir():
             for tmp in self.parts.glob("*.tmp"):
                 tmp.unlink()  # a shard cut off mid-write
@@ -137,14 +152,12 @@ class H5Output:
             return
         name = f"shard-{self._next_shard:06d}.h5"
         self._next_shard += 1
-        tmp = self.parts / (name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(self.parts / name) as tmp, h5py.File(tmp, "w") as f:
             _write_meta(f, self.meta, "shard")
             for r in results:
                 _write_record(f.create_group(r.id), r, self.layers)
-        _fsync_replace(tmp, self.parts / name)
         for r in results:
-            self._where.setdefault(r.id, name)
+            self._where[r.id] = name
         # The index is rewritten whole (O(records)), so it is refreshed at most every
         # index_interval_s and never more than ~10% of the time; shards are the truth for resume.
         wait = max(self.index_interval_s, 10 * self._index_cost_s)
@@ -154,12 +167,10 @@ class H5Output:
     def write_index(self) -> None:
         """Rewrite OUT as ExternalLinks to the shards (relative paths, so the pair can move)."""
         t0 = time.monotonic()
-        tmp = self.path.with_name(self.path.name + ".index.tmp")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
             _write_meta(f, self.meta, "links")
             for rid, shard in self._where.items():
                 f[rid] = h5py.ExternalLink(f"{self.parts.name}/{shard}", f"/{rid}")
-        _fsync_replace(tmp, self.path)
         self._last_index = time.monotonic()
         self._index_cost_s = self._last_index - t0
 
@@ -167,34 +178,42 @@ class H5Output:
         """Copy every shard into one self-contained file, rename it over OUT, drop the parts."""
         if not self.parts.is_dir():
             return  # nothing new was written: OUT is already consolidated
-        tmp = self.path.with_name(self.path.name + ".final.tmp")
-        with h5py.File(tmp, "w") as dst:
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as dst:
             _write_meta(dst, self.meta, "consolidated")
-            for shard in self._shards():
+            for shard in reversed(self._shards()):  # newest first: a rewritten record's new version
                 with h5py.File(shard, "r") as src:
                     for rid in src.keys():
                         if rid not in dst:
                             src.copy(src[rid], dst, name=rid)
-        _fsync_replace(tmp, self.path)
         shutil.rmtree(self.parts)
 
 
 class PtOutput:
-    """A folder of fair-esm-layout `<id>.pt` files; each appears complete or not at all."""
+    """A folder of fair-esm-layout `<stem>.pt` files; each appears complete or not at all."""
 
     def __init__(self, path: str | Path, meta: dict):
         self.path = Path(path)
         self.meta = meta
         self.layers = list(meta["layers"])
 
-    def done_ids(self) -> set[str]:
+    def file(self, rid: str) -> Path:
+        return self.path / f"{record_stem(rid)}.pt"
+
+    def done_ids(self, ids: Iterable[str]) -> set[str]:
+        return set(self.done_hashes(ids))
+
+    def done_hashes(self, ids: Iterable[str]) -> dict[str, str | None]:
+        """Check the folder's settings; {id: sequence hash (None if not stored)} of those of
+        `ids` that have a file."""
         settings = self.path / SETTINGS_FILE
         if settings.exists():
             _check_meta(self.path, json.loads(settings.read_text()), self.meta)
         elif self.path.exists() and any(self.path.iterdir()):
             raise OutputMismatchError(f"{self.path}: exists and is not a protlm embed folder; "
                                       "choose another output path")
-        return {p.stem for p in self.path.glob("*.pt")} if self.path.is_dir() else set()
+        # mmap: only the small fields are read, not the tensors
+        return {rid: torch.load(self.file(rid), map_location="cpu", weights_only=True, mmap=True)
+                .get("sequence_sha256") for rid in ids if self.file(rid).exists()}
 
     def begin(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -202,15 +221,12 @@ class PtOutput:
             tmp.unlink()
         settings = self.path / SETTINGS_FILE
         if not settings.exists():
-            tmp = self.path / (SETTINGS_FILE + ".tmp")
-            tmp.write_text(json.dumps(self.meta, indent=1))
-            os.replace(tmp, settings)
+            atomic_write(settings, json.dumps(self.meta, indent=1))
 
     def write_batch(self, results: list) -> None:
         for r in results:
-            tmp = self.path / f"{r.id}.pt.tmp"
-            torch.save(to_fair_esm_dict(r), tmp)
-            _fsync_replace(tmp, self.path / f"{r.id}.pt")
+            with atomic_path(self.file(r.id)) as tmp:
+                torch.save(to_fair_esm_dict(r), tmp)
 
     def unfinished(self) -> bool:
         return False
@@ -233,17 +249,15 @@ def to_fair_esm_dict(r) -> dict:
         out["bos_representations"] = dict(r.bos)
     if r.contacts is not None:
         out["contacts"] = r.contacts
+    if r.sequence_sha256 is not None:  # protlm's addition: recognises a changed sequence on resume
+        out["sequence_sha256"] = r.sequence_sha256
+    if r.truncated_from is not None:  # protlm's addition: the length before --long truncate
+        out["truncated_from"] = r.truncated_from
     return out
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    """Flush the data to disk before the rename, so a crash never leaves a renamed empty file."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
+def _hashes(f: h5py.File) -> dict[str, str | None]:
+    return {rid: f[rid].attrs.get("sequence_sha256") for rid in f.keys()}
 
 
 def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:

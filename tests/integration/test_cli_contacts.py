@@ -121,3 +121,73 @@ def test_predict_resumes_and_refuses_other_settings(setup):
     other = shutil.copytree(model_dir, root / "other_model")
     r = _run("predict", fasta, "--model", other, "--output", out)
     assert r.exit_code != 0 and "other settings" in r.output and "other_model" in r.output
+
+
+def test_predict_refused_while_another_process_writes_the_folder(setup, capsys):
+    import os
+
+    from protlm.cli.main import main
+    from protlm.lock import output_lock
+
+    root, model_dir, structs, fasta = setup
+    out = root / "locked"
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with output_lock(out):  # as another `contacts predict` into the same folder would
+        with pytest.raises(SystemExit) as e:
+            main(["contacts", "predict", str(fasta), "--model", str(model_dir), "--output", str(out)])
+    assert e.value.code == 1
+    assert f"Error: {out} is being written by process {os.getpid()}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+AWKWARD = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]  # used to share 'a_b'; '..' and 300 chars
+
+
+def test_predict_gives_every_id_its_own_files(setup):
+    from protlm.records import record_stem
+
+    root, model_dir, structs, fasta = setup
+    seqs = ["MKTAYIAKQR", "GSHMLEDPVA", "MKVLAAGIVG", "ACDEFGHIKL"]
+    awkward = root / "awkward.fasta"
+    awkward.write_text("".join(f">{i}\n{s}\n" for i, s in zip(AWKWARD, seqs)))
+    out = root / "awkward_out"
+    r = _run("predict", awkward, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    assert "already" not in r.output
+    stems = [record_stem(i) for i in AWKWARD]
+    assert len(set(stems)) == 4
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(f"{s}.npy" for s in stems)
+    one = root / "one"
+    for rid, seq, stem in zip(AWKWARD, seqs, stems):  # each file holds its own record's map
+        (root / "one.fasta").write_text(f">x\n{seq}\n")
+        assert _run("predict", root / "one.fasta", "--model", model_dir, "--output", one).exit_code == 0
+        np.testing.assert_array_equal(np.load(out / f"{stem}.npy"), np.load(one / "x.npy"))
+        assert (out / f"{stem}.png").is_file()
+        shutil.rmtree(one)
+
+
+def test_predict_refuses_or_recomputes_a_changed_record(setup):
+    root, model_dir, structs, fasta = setup
+    out = root / "changed"
+    chains = {n: load_chain(structs / f"{n}.cif").sequence for n in NAMES[:2]}
+    src = root / "changing.fasta"
+    src.write_text(f">1l2y\n{chains['1l2y']}\n>2axd\n{chains['2axd']}\n")
+    assert _run("predict", src, "--model", model_dir, "--output", out).exit_code == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    src.write_text(f">1l2y\n{chains['1l2y']}\n>2axd\n{chains['2axd'][:40]}\n")  # same ID, new sequence
+    r = _run("predict", src, "--model", model_dir, "--output", out)
+    assert r.exit_code == 1 and "'2axd'" in r.output and "'1l2y'" not in r.output
+    assert "another sequence" in r.output and "--overwrite-changed" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp  # refused before any write
+    r = _run("predict", src, "--model", model_dir, "--output", out, "--overwrite-changed")
+    assert r.exit_code == 0, r.output
+    assert str(out / "2axd.npy") in r.output and "1 records already" in r.output
+    assert (out / "1l2y.npy").stat().st_mtime_ns == stamp["1l2y.npy"]
+    (root / "new.fasta").write_text(f">2axd\n{chains['2axd'][:40]}\n")
+    assert _run("predict", root / "new.fasta", "--model", model_dir, "--output", root / "new").exit_code == 0
+    np.testing.assert_array_equal(np.load(out / "2axd.npy"), np.load(root / "new" / "2axd.npy"))
+    assert np.load(out / "2axd.npy").shape == (40, 40)
+    r = _run("predict", src, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0 and "2 records already" in r.output

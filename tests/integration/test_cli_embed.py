@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import re
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from protlm import build_model
 from protlm.cli.main import cli
 from protlm.data.fasta import read_fasta, write_fasta
-from protlm.embed_io import read_h5, read_pt
+from protlm.embed_io import read_h5, read_h5_meta, read_pt
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
 
@@ -58,7 +59,9 @@ def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
     h5 = read_h5(tmp_path / "e.h5")
     for rec in read_fasta(fasta):
         pt = read_pt(tmp_path / "pt" / f"{rec.id}.pt")
-        assert set(pt) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
+        assert set(pt) == {"label", "representations", "mean_representations", "bos_representations",
+                           "contacts", "sequence_sha256"}
+        assert pt["sequence_sha256"] == hashlib.sha256(rec.sequence.encode()).hexdigest()
         assert pt["label"] == rec.description and set(pt["representations"]) == {0, 2}
         for j, k in enumerate((0, 2)):
             np.testing.assert_array_equal(pt["representations"][k].numpy(), h5[rec.id]["per_tok"][j])
@@ -178,3 +181,158 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shared_data, mo
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     with h5py.File(out) as f:
         assert f.attrs["layout"] == "consolidated"
+
+
+def main_args(*args):
+    return [sys.executable, "-m", "protlm.cli.main", *map(str, args)]
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt"])
+def test_second_writer_is_refused_at_start(tmp_path, shared_data, models, hold_in_subprocess, fmt):
+    fasta = shared_data / "sequences" / "few_proteins.fasta"
+    out = tmp_path / "out"
+    r = run(fasta, "--model", models / "esm2", "--output", out, "--format", fmt)
+    assert r.exit_code == 0, r.output
+    files = [out] if fmt == "h5" else sorted(out.iterdir())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    holder = hold_in_subprocess(out)
+    # a model that does not exist: the lock is checked first, before any slow loading
+    for model in (models / "esm2", "esm2_no_such_model"):
+        p = subprocess.run(main_args("embed", fasta, "--model", model, "--output", out, "--format", fmt,
+                                     "--no-progress"), capture_output=True, text=True)
+        assert p.returncode == 1, p.stderr
+        assert f"Error: {out} is being written by process {holder.pid}" in p.stderr
+        assert "Traceback" not in p.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+
+
+def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data, models):
+    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=150)
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    first = subprocess.Popen(cli_args(fasta, models / "esm2", out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.h5.parts"
+    t0 = time.monotonic()
+    while not list(parts.glob("shard-*.h5")):  # the first one is writing
+        assert first.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    second = subprocess.run(cli_args(fasta, models / "esm2", out), capture_output=True, text=True)
+    assert first.poll() is None, (f"the first run ended (status {first.returncode}) before the second "
+                                  f"one was refused: {first.stderr.read()}")
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"{out} is being written by process {first.pid}" in second.stderr
+    assert first.wait() == 0, first.stderr.read()
+    subprocess.run(cli_args(fasta, models / "esm2", ref), check=True)
+    a, b = read_h5(out), read_h5(ref)
+    assert sorted(a) == sorted(b) and len(a) == 150
+    for rid in a:
+        assert np.abs(a[rid]["mean"]).sum() > 0  # no all-zero record
+        for k in ("mean", "per_tok"):
+            np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
+    assert read_h5_meta(out)["layout"] == "consolidated" and not parts.exists()
+
+
+def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
+    from protlm.records import record_stem
+
+    ids = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{i} record {n}\nMKV{'L' * n}\n" for n, i in enumerate(ids)))
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0, r.output
+    assert "4 records written" in r.output
+    for n, rid in enumerate(ids):
+        d = read_pt(tmp_path / "pt" / f"{record_stem(rid)}.pt")
+        assert d["label"] == f"{rid} record {n}" and d["mean_representations"][2].shape == (64,)
+    assert len(list((tmp_path / "pt").glob("*.pt"))) == 4
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
+    assert "0 records written, 4 already" in r.output
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # HDF5 groups cannot
+    assert r.exit_code != 0 and "record 'a/b'" in r.output and "--format pt" in r.output
+
+
+def main_run(capsys, *args):
+    """`protlm ARGS` through main(): (exit status, stderr), as from a shell."""
+    from protlm.cli.main import main
+
+    try:
+        main([*map(str, args)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt"])
+def test_changed_sequence_is_refused_or_recomputed(tmp_path, models, capsys, fmt):
+    fasta, out, fresh = tmp_path / "in.fasta", tmp_path / "out", tmp_path / "fresh"
+    opts = ["--model", models / "esm2", "--include", "mean", "per_tok", "--format", fmt, "--no-progress"]
+    fasta.write_text(">a first\nMKTAYIAKQR\n>b second\nGSHMLEDPVA\n")
+    assert main_run(capsys, "embed", fasta, *opts, "--output", out)[0] == 0
+
+    def read(path):
+        if fmt == "h5":
+            return read_h5(path)
+        from protlm.records import record_stem
+
+        return {rid: read_pt(path / f"{record_stem(rid)}.pt") for rid in ("a", "b")}
+
+    def snapshot():
+        files = [out] if out.is_file() else sorted(out.iterdir())
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+    before = snapshot()
+    fasta.write_text(">a first\nMKTAYIAKQRQISFV\n>b second\nGSHMLEDPVA\n")  # same ID, new sequence
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out)
+    assert code == 1 and "Traceback" not in err
+    assert "1 record(s) already there have another sequence now" in err and "'a'" in err
+    assert "'b'" not in err and "--overwrite-changed" in err
+    assert snapshot() == before  # refused before any write
+
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out, "--overwrite-changed")
+    assert code == 0 and "1 records written (1 changed, recomputed), 1 already" in err
+    assert main_run(capsys, "embed", fasta, *opts, "--output", fresh)[0] == 0
+    got, want = read(out), read(fresh)
+    if fmt == "h5":
+        assert got["a"]["per_tok"].shape == (1, 15, 64)
+        for rid in ("a", "b"):
+            for k in ("mean", "per_tok"):
+                np.testing.assert_allclose(got[rid][k], want[rid][k], atol=1e-5, rtol=0)
+    else:
+        assert got["a"]["representations"][2].shape == (15, 64)
+        assert got["a"]["sequence_sha256"] == want["a"]["sequence_sha256"]
+        torch.testing.assert_close(got["a"]["mean_representations"][2], want["a"]["mean_representations"][2],
+                                   atol=1e-5, rtol=0)
+    code, err = main_run(capsys, "embed", fasta, *opts, "--output", out)
+    assert code == 0 and "0 records written, 2 already" in err
+
+
+def test_truncation_is_announced_once_and_recorded_per_record(tmp_path, shared_data, models):
+    recs = list(read_fasta(shared_data / "sequences" / "few_proteins.fasta"))  # 80, 71, 99 residues
+    fasta = tmp_path / "in.fasta"
+    write_fasta([(r.id, r.sequence) for r in recs] + [("short", recs[0].sequence[:20])], fasta)
+    lengths = {r.id: len(r.sequence) for r in recs}
+    opts = ["--model", models / "short", "--include", "per_tok"]  # a 32-residue limit
+    r = run(fasta, *opts, "--output", tmp_path / "t.h5")
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 3 of 4 records are longer than")
+    assert "limit of 32 residues" in warnings[0] and "--long window" in warnings[0]
+    with h5py.File(tmp_path / "t.h5") as f:
+        for rid, n in lengths.items():
+            assert f[rid].attrs["truncated_from"] == n and f[rid]["per_tok"].shape == (1, 32, 64)
+        assert "truncated_from" not in f["short"].attrs and f["short"]["per_tok"].shape == (1, 20, 64)
+    r = run(fasta, *opts, "--output", tmp_path / "t.h5")  # nothing left to embed: nothing truncated
+    assert r.exit_code == 0 and "warning" not in r.stderr
+
+    r = run(fasta, *opts, "--output", tmp_path / "pt", "--format", "pt")
+    assert r.exit_code == 0 and r.stderr.count("warning: 3 of 4 records") == 1
+    for rid, n in lengths.items():
+        d = read_pt(tmp_path / "pt" / f"{rid}.pt")
+        assert d["truncated_from"] == n and d["representations"][2].shape == (32, 64)
+    assert "truncated_from" not in read_pt(tmp_path / "pt" / "short.pt")
+
+    r = run(fasta, *opts, "--output", tmp_path / "w.h5", "--long", "window")
+    assert r.exit_code == 0 and "warning" not in r.stderr
+    with h5py.File(tmp_path / "w.h5") as f:
+        assert all("truncated_from" not in f[rid].attrs for rid in f)

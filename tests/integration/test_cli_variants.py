@@ -77,3 +77,24 @@ def test_pseudo_ll_cli_leaves_no_store_behind(inputs):
     want = _library_scores(inputs, [g["mutant"] for g in got], "pseudo-ll")
     assert [float(g["pseudo-ll"]) for g in got] == pytest.approx(want, abs=1e-4)
     assert not (inputs / "pll.csv.pll.jsonl").exists()  # the resume store goes once the output exists
+
+
+def test_score_refused_while_another_process_writes_the_output(inputs, capsys):
+    import os
+
+    from protlm.cli.main import main
+    from protlm.lock import output_lock
+
+    out = inputs / "scored.csv"
+    out.write_text("mutant,masked-marginal\nfrom,an earlier run\n")
+    store = inputs / "scored.csv.pll.jsonl"
+    store.write_text('{"model": "m"}\n')
+    with output_lock(out):
+        with pytest.raises(SystemExit) as e:
+            main(["variants", "score", "--model", str(inputs / "dbg"), "--sequence", str(inputs / "wt.fasta"),
+                  "--mutations", str(inputs / "muts.csv"), "--method", "pseudo-ll", "--output", str(out),
+                  "--no-progress"])
+    assert e.value.code == 1
+    assert f"Error: {out} is being written by process {os.getpid()}" in capsys.readouterr().err
+    assert out.read_text() == "mutant,masked-marginal\nfrom,an earlier run\n"
+    assert store.read_text() == '{"model": "m"}\n'  # the other writer's resume store untouched

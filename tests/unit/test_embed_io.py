@@ -93,7 +93,7 @@ def test_other_settings_or_other_files_are_refused(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "x.txt").write_text("x")
     with pytest.raises(OutputMismatchError, match="not a protlm embed folder"):
-        PtOutput(tmp_path / "dir", META).done_ids()
+        PtOutput(tmp_path / "dir", META).done_ids(["x"])
 
 
 def test_pt_layout_is_fair_esm_extract(tmp_path):
@@ -104,12 +104,12 @@ def test_pt_layout_is_fair_esm_extract(tmp_path):
     assert set(d) == {"label", "representations", "mean_representations", "bos_representations", "contacts"}
     assert d["label"] == "a desc" and set(d["representations"]) == {0, 2}
     out = PtOutput(tmp_path / "pt", META)
-    assert out.done_ids() == set()
+    assert out.done_ids(["a", "b"]) == set()
     out.begin()
     out.write_batch([r])
     back = read_pt(tmp_path / "pt" / "a.pt")
     assert torch.equal(back["representations"][2], r.per_tok[2]) and torch.equal(back["contacts"], r.contacts)
-    assert PtOutput(tmp_path / "pt", META).done_ids() == {"a"}
+    assert PtOutput(tmp_path / "pt", META).done_ids(["a", "b"]) == {"a"}
     assert "mean_representations" not in to_fair_esm_dict(EmbedResult("b", "b", 1, per_tok=r.per_tok))
 
 
@@ -121,7 +121,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
     kw = dict(cfg=cfg, device="cpu", progress=False)
     assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)["written"] == 3
     stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert stats == {"records": 15, "skipped": 3, "written": 12}
+    assert stats == {"records": 15, "skipped": 3, "written": 12, "recomputed": 0, "truncated": 0}
     embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "b.h5", **kw)
     a, b = read_h5(tmp_path / "a.h5"), read_h5(tmp_path / "b.h5")
     assert sorted(a) == sorted(b) and len(a) == 15
@@ -129,7 +129,7 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
     again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
-    assert again == {"records": 15, "skipped": 15, "written": 0}
+    assert again == {"records": 15, "skipped": 15, "written": 0, "recomputed": 0, "truncated": 0}
 
 
 def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
@@ -137,10 +137,36 @@ def test_killed_during_consolidation_finishes_on_rerun(tmp_path):
     out = H5Output(path, META)
     out.done_ids(), out.begin(), out.write_batch([fake("a", 3, 0)]), out.write_batch([fake("b", 2, 1)])
     out.write_index()
-    (tmp_path / "e.h5.final.tmp").write_bytes(b"half a consolidated file")
+    (tmp_path / ".e.h5.0badf00d.tmp").write_bytes(b"half a consolidated file")  # atomic_path's temp
     again = H5Output(path, META)
     assert again.done_ids() == {"a", "b"} and again.unfinished()
     again.begin()
     again.finish()
     assert read_h5_meta(path)["layout"] == "consolidated" and sorted(read_h5(path)) == ["a", "b"]
-    assert not (tmp_path / "e.h5.final.tmp").exists() and not again.parts.exists()
+    assert not (tmp_path / ".e.h5.0badf00d.tmp").exists() and not again.parts.exists()
+
+
+def hashed(rid, L, seed, sha):
+    r = fake(rid, L, seed)
+    r.sequence_sha256 = sha
+    return r
+
+
+def test_rewritten_record_newest_version_wins(tmp_path):
+    """--overwrite-changed writes a record again: the index, a resume and the final file all
+    take the newest shard's version."""
+    path = tmp_path / "e.h5"
+    out = H5Output(path, META)
+    out.done_ids(), out.begin(), out.write_batch([hashed("a", 3, 0, "h-old"), hashed("b", 2, 1, "h-b")])
+    out.finish()
+    again = H5Output(path, META, index_interval_s=0)
+    assert again.done_hashes() == {"a": "h-old", "b": "h-b"}
+    again.begin()
+    again.write_batch([hashed("a", 4, 2, "h-new")])
+    assert read_h5(path)["a"]["per_tok"].shape == (2, 4, 4)  # the running index links the new one
+    assert H5Output(path, META).done_hashes() == {"a": "h-new", "b": "h-b"}  # as a rerun after a kill sees it
+    again.finish()
+    with h5py.File(path) as f:
+        assert f["a"].attrs["sequence_sha256"] == "h-new" and f["a"]["per_tok"].shape == (2, 4, 4)
+        assert f["b"].attrs["sequence_sha256"] == "h-b"
+    np.testing.assert_array_equal(read_h5(path)["a"]["mean"][0], fake("a", 4, 2).mean[0].numpy())

@@ -160,3 +160,41 @@ def test_cache_keeps_finished_chunks_after_a_crash(tmp_path, debug_model, monkey
     cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
                       progress=False, chunk=2)
     assert calls == [["MKV", "GGSA"], ["MKLV", "PPW"], ["MKLV", "PPW"]]  # only the lost chunk is redone
+
+
+def test_cache_refuses_a_second_writer_but_serves_readers(tmp_path, debug_model):
+    import os
+
+    from protlm.lock import OutputLockedError, output_lock
+    from protlm.pretrained.load import model_identity
+    from protlm.tasks.function_data import EmbeddingCache
+
+    model = debug_model()
+    loader = lambda name: (model, model.alphabet)  # noqa: E731
+    x = cached_embeddings(["MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
+    cache_file = EmbeddingCache(tmp_path, model_identity("dbg"), -1, "mean").path
+    before = cache_file.read_bytes()
+    with output_lock(cache_file):  # another `function fit` is adding to this cache
+        with pytest.raises(OutputLockedError, match=f"is being written by process {os.getpid()}"):
+            cached_embeddings(["MKV", "GGSA"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
+        # everything cached: read without waiting for the writer
+        np.testing.assert_array_equal(
+            cached_embeddings(["MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False), x)
+    assert cache_file.read_bytes() == before
+
+
+def test_cache_never_serves_a_changed_sequence(tmp_path, debug_model):
+    """The cache is keyed by the SHA-256 of each sequence (and model, layer, pooling), not by
+    record ID: a record whose sequence changed gets a fresh vector."""
+    model = debug_model()
+    calls = []
+
+    def loader(name):
+        calls.append(name)
+        return model, model.alphabet
+
+    old = cached_embeddings(["MKTAYIAKQR"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
+    new = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
+    fresh = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "empty", loader=loader, progress=False)
+    assert len(calls) == 3 and not np.array_equal(old, new)
+    np.testing.assert_array_equal(new, fresh)

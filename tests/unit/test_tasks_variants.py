@@ -153,3 +153,24 @@ def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):
     assert calls == ["MKTGYIAK", "MKSAYIAK"]  # only the unfinished ones ran
     assert len(PLLStore(path, "m").values) == 4  # the torn line was ended, the new lines read
     assert PLLStore(path, "another model").values == {}  # another model starts afresh
+
+
+def test_pll_store_never_serves_a_changed_wild_type(debug_model, tmp_path):
+    """The store is keyed by the scored sequence itself (and the model): after a kill, a rerun
+    whose wild type changed under the same FASTA ID recomputes, never reusing the old PLLs."""
+    from protlm.tasks.variants import score_file
+
+    model = debug_model("esm2_debug")
+    loader = lambda name: (model, model.alphabet)  # noqa: E731
+    (tmp_path / "muts.csv").write_text("mutant\nK2C\nA4G\n")
+    out = tmp_path / "scores.csv"
+    store = PLLStore(tmp_path / "scores.csv.pll.jsonl", "dbg")  # a killed run on the old wild type
+    store.add(WT[:10], 123.0)
+    store.add("MCTAYIAKQR", 456.0)
+    store.close()
+    (tmp_path / "wt.fasta").write_text(f">wt\n{WT[:12]}\n")  # same ID, new sequence
+    score_file("dbg", tmp_path / "wt.fasta", tmp_path / "muts.csv", out, "pseudo-ll", loader=loader,
+               progress=False)
+    got = [float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
+    want = score_mutants(model, model.alphabet, WT[:12], ["K2C", "A4G"], "pseudo-ll")
+    assert got == pytest.approx(want, rel=1e-5)  # the CSV keeps 6 significant digits

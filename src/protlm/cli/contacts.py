@@ -30,8 +30,10 @@ _weights = click.option("--head-weights", type=click.Path(exists=True), default=
 @_weights
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="folder for <id>.npy and <id>.png")
 @click.option("--structure", default=None, help="FILE[:CHAIN]: draw its true contacts over the prediction")
+@click.option("--overwrite-changed", is_flag=True,
+              help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 @unknown_to_x
-def predict(fasta, model_name, head, head_weights, output, structure, unknown_to_x):
+def predict(fasta, model_name, head, head_weights, output, structure, overwrite_changed, unknown_to_x):
     """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
     from protlm.contacts import pipeline
     from protlm.data.fasta import load_fasta
@@ -45,7 +47,7 @@ def predict(fasta, model_name, head, head_weights, output, structure, unknown_to
                 "head_weights": model_identity(head_weights) if head_weights else None}
     skipped = 0
     for path, computed in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear,
-                                                 truth, settings):
+                                                 truth, settings, overwrite_changed):
         if computed:
             click.echo(str(path))
         skipped += not computed

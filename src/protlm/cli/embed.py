@@ -55,13 +55,17 @@ class _MultiValueCommand(click.Command):
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--overwrite-changed", is_flag=True,
+              help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 @unknown_to_x
 def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, progress, unknown_to_x):
+            fmt, progress, overwrite_changed, unknown_to_x):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
     from protlm.embed import EmbedConfig, embed_to_file
 
     include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
     cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x))
-    stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress)
-    click.echo(f"{stats['written']} records written, {stats['skipped']} already in {output}", err=True)
+    stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress,
+                          overwrite_changed=overwrite_changed)
+    changed = f" ({stats['recomputed']} changed, recomputed)" if stats["recomputed"] else ""
+    click.echo(f"{stats['written']} records written{changed}, {stats['skipped']} already in {output}", err=True)

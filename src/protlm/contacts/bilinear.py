@@ -7,8 +7,6 @@ plus a JSON config naming the model and layer it reads, beside the model or anyw
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from protlm.errors import InputError, NotFoundError
 from protlm.pretrained.load import CheckpointError, load_safetensors
+from protlm.io import atomic_path, atomic_write
 
 WEIGHTS_FILE = "bilinear_contact.safetensors"
 CONFIG_FILE = "bilinear_contact.json"
@@ -106,14 +105,10 @@ def save_bilinear(head: BilinearContactHead, folder: str | Path) -> Path:
     """Write `bilinear_contact.safetensors` + `bilinear_contact.json` into `folder` atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_FILE}.")
-    os.close(fd)
-    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, tmp)
-    os.replace(tmp, folder / WEIGHTS_FILE)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CONFIG_FILE}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"format": "protlm-bilinear-contact", "version": 1, **asdict(head.config)}, fh, indent=2)
-    os.replace(tmp, folder / CONFIG_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, tmp)
+    atomic_write(folder / CONFIG_FILE,
+                 json.dumps({"format": "protlm-bilinear-contact", "version": 1, **asdict(head.config)}, indent=2))
     return folder
 
 

@@ -7,8 +7,6 @@ fair-esm's `-contact-regression.pt` layout ({'model': {'contact_head.regression.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from protlm.errors import InputError, NotFoundError
+from protlm.io import atomic_path
 from protlm.models.esm import ESM
 from protlm.pretrained.load import CheckpointError, load_safetensors, safe_torch_load
 
@@ -61,13 +60,11 @@ def save_regression(weight: torch.Tensor, bias: torch.Tensor, path: str | Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {KEYS[0]: weight.detach().float().reshape(1, -1).contiguous(),
              KEYS[1]: bias.detach().float().reshape(1).contiguous()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    if path.suffix == ".safetensors":
-        save_file(state, tmp)
-    else:
-        torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file(state, tmp)
+        else:
+            torch.save({"model": state}, tmp)
     return path
 
 

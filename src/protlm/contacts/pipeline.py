@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,7 +15,10 @@ from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import attention_features, predict_contacts, representations
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
 from protlm.errors import InputError
+from protlm.io import atomic_path, atomic_write
+from protlm.lock import output_lock
 from protlm.models.esm import ESM
+from protlm.records import changed_records, check_changed, record_stem, sequence_hash
 
 
 def load_structures(specs: Sequence[str | Path], alphabet: Alphabet) -> list[ChainStructure]:
@@ -81,10 +82,8 @@ def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactH
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr)
 
 
 SETTINGS_FILE = "settings.json"
@@ -105,31 +104,60 @@ def _claim_output(output: Path, settings: dict) -> None:
             raise InputError(f"{output}: holds maps made with other settings {diff} (found, asked); "
                              "use another --output folder")
         return
-    fd, tmp = tempfile.mkstemp(dir=output, prefix=f".{SETTINGS_FILE}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(settings, f)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(settings))
 
 
 def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
                   head: BilinearContactHead | None = None, truth: ChainStructure | None = None,
-                  settings: dict | None = None) -> Iterator[tuple[Path, bool]]:
-    """Write `<id>.npy` (L x L float32) and `<id>.png` per record; yields (npy path, computed).
+                  settings: dict | None = None, overwrite_changed: bool = False) -> Iterator[tuple[Path, bool]]:
+    """Write `<stem>.npy` (L x L float32), `<stem>.png` and `<stem>.json` per record (stem:
+    protlm.records.record_stem of the ID); yields (npy path, computed).
 
-    Each file is written atomically and the picture last, so a record with both files is done:
-    a rerun after a kill skips it (computed=False). `settings` (model, head, ...) are recorded in
-    `output/settings.json`, and a folder made with other settings is refused. With `truth`, its
-    true contacts are drawn over every record whose sequence is the chain's.
+    Each file is written atomically and the JSON (ID, sequence hash, length) last, so a record
+    with all three is done: a rerun after a kill skips it (computed=False). A done record whose
+    sequence changed is refused before any compute, or recomputed with `overwrite_changed`.
+    `settings` (model, head, ...) are recorded in `output/settings.json`, and a folder made with
+    other settings is refused. With `truth`, its true contacts are drawn over every record whose
+    sequence is the chain's. The folder's lock (protlm.lock) is held until the last record: a
+    second writer fails at once.
     """
+    with output_lock(output):
+        yield from _predict_locked(model, alphabet, records, output, head, truth, settings or {},
+                                   overwrite_changed)
+
+
+def _record_files(output: Path, rid: str) -> tuple[Path, Path, Path]:
+    stem = record_stem(rid)
+    return output / f"{stem}.npy", output / f"{stem}.png", output / f"{stem}.json"
+
+
+def _stored_hashes(output: Path, records) -> dict[str, str | None]:
+    """{id: sequence hash} of the records that have all their files."""
+    stored = {}
+    for rec in records:
+        npy, png, marker = _record_files(output, rec.id)
+        if npy.exists() and png.exists() and marker.exists():
+            stored[rec.id] = json.loads(marker.read_text()).get("sequence_sha256")
+    return stored
+
+
+def _predict_locked(model, alphabet, records, output: Path, head, truth, settings: dict,
+                    overwrite_changed: bool):
     from protlm.contacts.plot import plot_contact_map
 
-    _claim_output(output, settings or {})
+    _claim_output(output, settings)
+    for tmp in output.glob(".*.tmp*"):
+        tmp.unlink()  # a file cut off by a kill (protlm.io temps); ours alone while we hold the lock
+    hashes = {rec.id: sequence_hash(rec.sequence) for rec in records}
+    stored = _stored_hashes(output, records)
+    changed = changed_records(stored, list(hashes.items()))
+    check_changed(output, changed, overwrite_changed)
     for rec in records:
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id)
-        npy, png = output / f"{stem}.npy", output / f"{stem}.png"
-        if npy.exists() and png.exists():
+        npy, png, marker = _record_files(output, rec.id)
+        if rec.id in stored and rec.id not in changed:
             yield npy, False
             continue
+        marker.unlink(missing_ok=True)  # a record being rewritten is not done until the end
         pred_LL = predict_contacts(model, alphabet, rec.sequence, head).astype(np.float32)
         true_LL = None
         if truth is not None:
@@ -139,6 +167,8 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
             true_LL = truth.contacts()
         _save_npy(npy, pred_LL)
         plot_contact_map(pred_LL, png, title=rec.id, true_LL=true_LL)
+        atomic_write(marker, json.dumps({"id": rec.id, "sequence_sha256": hashes[rec.id],
+                                         "length": len(rec.sequence)}))
         yield npy, True
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from protlm.io import atomic_path
 
 
 def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
@@ -39,9 +39,9 @@ def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
     ax.set_xlabel("residue j")
     ax.set_ylabel("residue i")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

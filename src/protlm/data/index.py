@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 from array import array
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 
 from protlm.alphabet import Alphabet
 from protlm.data.fasta import Record, is_gzip, read_fasta_spans
+from protlm.io import atomic_path, atomic_write
 
 COLUMNS = ("start", "end", "length", "id_hash")
 _VERSION = 1
@@ -94,24 +94,15 @@ class FastaIndex:
 def build_index(path: Path, alphabet: Alphabet, name: str | None = None) -> None:
     """Write `<path>.pidx` and its metadata; errors call the file `name` (default: `path`)."""
     idx, meta = Path(f"{path}.pidx"), Path(f"{path}.pidx.json")
-    tmp = Path(f"{idx}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            n = _scan(path, out, alphabet, name or str(path))
-        os.replace(tmp, idx)
-    finally:
-        tmp.unlink(missing_ok=True)
-    tmp_meta = Path(f"{meta}.tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps({"n": n, "columns": COLUMNS, "stamp": _stamp(path)}))
-    os.replace(tmp_meta, meta)
+    with atomic_path(idx) as tmp, open(tmp, "wb") as out:
+        n = _scan(path, out, alphabet, name or str(path))
+    atomic_write(meta, json.dumps({"n": n, "columns": COLUMNS, "stamp": _stamp(path)}))
 
 
 def _decompressed(path: Path) -> Path:
     plain = Path(f"{path}.protlm.fasta")
     if plain.is_file() and plain.stat().st_mtime_ns >= path.stat().st_mtime_ns:
         return plain
-    tmp = Path(f"{plain}.tmp{os.getpid()}")
-    with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+    with atomic_path(plain) as tmp, gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
-    os.replace(tmp, plain)
     return plain

@@ -8,8 +8,6 @@ parameter; its map is written out below. `save_hf` writes that layout for `protl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +17,7 @@ from safetensors.torch import save_file
 
 from protlm.alphabet import Alphabet
 from protlm.errors import InputError
+from protlm.io import atomic_path, atomic_write
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
 from protlm.dtypes import cast_state, parse_dtype
 
@@ -262,31 +261,19 @@ def protlm_config_to_hf(cfg: ESMConfig, alphabet: Alphabet) -> dict[str, Any]:
 HF_VOCAB_FILE = "vocab.txt"  # EsmTokenizer's vocabulary: one token per line, in index order
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_hf(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write `model` as an HF folder (config.json, model.safetensors, vocab.txt); files land atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu().clone()
              for k, v in protlm_to_hf(cast_state(model, model.state_dict(), dtype)).items()}
-    _atomic_write(path / "model.safetensors", lambda t: save_file(state, t, metadata={"format": "pt"}))
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
     config = protlm_config_to_hf(model.config, model.alphabet)
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(path / "config.json", lambda t: Path(t).write_text(text))
-    vocab = "\n".join(model.alphabet.all_toks) + "\n"
-    _atomic_write(path / HF_VOCAB_FILE, lambda t: Path(t).write_text(vocab))
+    atomic_write(path / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write(path / HF_VOCAB_FILE, "\n".join(model.alphabet.all_toks) + "\n")
     return path
 
 

@@ -6,14 +6,13 @@ safetensors holds tensors only, so loading it can never run code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from protlm.io import atomic_path, atomic_write
 from protlm.models.config import ESMConfig
 from protlm.models.esm import ESM, build_model
 from protlm.dtypes import cast_state
@@ -35,13 +34,6 @@ def is_protlm_dir(path: str | Path) -> bool:
         return False
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
                 extra: dict[str, Any] | None = None) -> Path:
     """Write `model` as a protlm folder; each file lands atomically."""
@@ -49,13 +41,11 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu()
              for k, v in cast_state(model, model.state_dict(), dtype).items() if k not in TIED_KEYS}
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{WEIGHTS_FILE}.")
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": FORMAT_NAME})
-    os.replace(tmp, path / WEIGHTS_FILE)
+    with atomic_path(path / WEIGHTS_FILE) as tmp:
+        save_file(state, tmp, metadata={"format": FORMAT_NAME})
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config.to_dict(),
             "contact_head_fitted": bool(model.contact_head.fitted), **(extra or {})}
-    _atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return path
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from protlm.errors import InputError, NotFoundError
+from protlm.io import atomic_path, atomic_write
+from protlm.lock import output_lock
 from protlm.pretrained.load import model_identity
 from protlm.tasks import evaluate, heads
 from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
@@ -68,10 +69,15 @@ def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str
                       toks_per_batch: int = 4096, device: str | None = None, loader=None,
                       progress: bool = True, chunk: int = 512) -> np.ndarray:
     """(N, D) pooled vectors; only sequences missing from the cache are run through the model
-    (the model is not even loaded when every sequence is cached)."""
-    cache = EmbeddingCache(cache_dir, model_identity(model_name), layer, pooling)
-    todo = cache.missing(seqs)
-    if todo:
+    (the model is not even loaded when every sequence is cached). Adding to the cache holds its
+    lock (protlm.lock): a second job adding to the same cache fails at once."""
+    ident = model_identity(model_name)
+    cache = EmbeddingCache(cache_dir, ident, layer, pooling)
+    if not cache.missing(seqs):
+        return cache.get(seqs)
+    with output_lock(cache.path):
+        cache = EmbeddingCache(cache_dir, ident, layer, pooling)  # as the last writer left it
+        todo = cache.missing(seqs)
         model, alphabet = _load_model(model_name, device, loader)
         # saved every `chunk` sequences: a killed run resumes from the last saved chunk
         for i in range(0, len(todo), chunk):
@@ -80,23 +86,16 @@ def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str
     return cache.get(seqs)
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def save_head(head: heads.Head, out_dir: str | Path, meta: dict) -> None:
     """Write head.safetensors then head.json (written last: its presence marks a complete dir)."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "head.safetensors.tmp"
-    save_file(heads.head_arrays(head), str(tmp))
-    os.replace(tmp, out / "head.safetensors")
-    _atomic_json(out / "head.json", {"format": HEAD_FORMAT, "version": 1, "kind": head.kind,
-                                     "task": head.task, "classes": head.classes, **meta})
+    with atomic_path(out / "head.safetensors") as tmp:
+        save_file(heads.head_arrays(head), str(tmp))
+    atomic_write(out / "head.json", json.dumps({"format": HEAD_FORMAT, "version": 1, "kind": head.kind,
+                                                "task": head.task, "classes": head.classes, **meta}, indent=2))
 
 
 def load_head(head_dir: str | Path) -> tuple[heads.Head, dict]:
@@ -166,12 +165,9 @@ def predict_function(fasta, head_dir, output, model: str | None = None, cache_di
         raise InputError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
                          f"{head.mean_D.shape[0]}; use the model recorded in {head_dir}/head.json")
     pred = head.predict(x)
-    out = Path(output)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "prediction"])
         for rid, p in zip(data.ids, pred):
             w.writerow([rid, p if meta["task"] == "classification" else f"{p:.6g}"])
-    os.replace(tmp, out)
     return len(data.ids)

@@ -10,7 +10,6 @@ from protlm.errors import ProtlmError
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,8 @@ import numpy as np
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.data.fasta import not_a_table, open_text, read_fasta
+from protlm.io import atomic_path
+from protlm.records import sequence_hash
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 
@@ -141,14 +142,13 @@ def as_targets(data: LabelledData, task: str, path="input") -> np.ndarray:
     return out
 
 
-def sequence_key(seq: str) -> str:
-    return hashlib.sha256(seq.encode()).hexdigest()
-
-
 class EmbeddingCache:
     """Pooled vectors keyed by sequence hash, one .npz per (model, layer, pooling).
 
-    Writes go to a temporary file then `os.replace`, so a kill never leaves a broken cache.
+    Keyed by content, not record ID, so a record whose sequence changed is never served an old
+    vector (what embed and contacts check with stored hashes holds here by construction).
+
+    Saved with protlm.io.atomic_path, so a kill never leaves a broken cache.
     """
 
     def __init__(self, cache_dir: str | Path, model_id: str, layer: int, pooling: str):
@@ -164,20 +164,19 @@ class EmbeddingCache:
 
     def missing(self, seqs: Sequence[str]) -> list[str]:
         """Distinct sequences not yet cached, in first-seen order."""
-        return list(dict.fromkeys(s for s in seqs if sequence_key(s) not in self.vectors))
+        return list(dict.fromkeys(s for s in seqs if sequence_hash(s) not in self.vectors))
 
     def add(self, seqs: Sequence[str], x_ND: np.ndarray) -> None:
         for s, v in zip(seqs, x_ND):
-            self.vectors[sequence_key(s)] = v
+            self.vectors[sequence_hash(s)] = v
         self.save()
 
     def get(self, seqs: Sequence[str]) -> np.ndarray:
-        return np.stack([self.vectors[sequence_key(s)] for s in seqs])
+        return np.stack([self.vectors[sequence_hash(s)] for s in seqs])
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}.npz")
         keys = list(self.vectors)
-        np.savez(tmp, ident=np.array(self.ident), keys=np.array(keys),
-                 x=np.stack([self.vectors[k] for k in keys]))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            np.savez(tmp, ident=np.array(self.ident), keys=np.array(keys),
+                     x=np.stack([self.vectors[k] for k in keys]))

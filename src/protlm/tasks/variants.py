@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from protlm.alphabet import Alphabet, pad_tokens
+from protlm.io import atomic_path
+from protlm.lock import output_lock
 from protlm.windows import merge_1d, window_spans
 
 METHODS = ("masked-marginal", "wt-marginal", "pseudo-ll")
@@ -178,6 +180,7 @@ class PLLStore:
 
     The first line names the model; a store written for another model is started afresh. Each
     line is flushed and fsynced, and a torn last line (a kill mid-write) is ignored on reading.
+    Keyed by the scored sequence itself, so a changed wild type is never served an old PLL.
     """
 
     def __init__(self, path, model: str):
@@ -263,7 +266,8 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
     score column (named after the method unless `column` is given). Atomic: the output appears
     only when every row is scored. pseudo-ll keeps finished PLLs in `<output>.pll.jsonl` until
     the output is written, so a rerun after a kill resumes. `unknown` (e.g. 'X') replaces
-    characters of the wild type outside the alphabet. Returns the number of rows."""
+    characters of the wild type outside the alphabet. The output's lock (protlm.lock) is held
+    while scoring: a second writer fails at once. Returns the number of rows."""
     import csv
 
     import protlm
@@ -288,21 +292,20 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
             parse_mutant(row["mutant"] or "", wt_seq, offset)
         except MutationError as e:
             raise MutationError(f"{mutations_csv}: line {line}: {e}") from None
-    model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
-    model = model.to(device).eval() if device else model.eval()
     out = Path(output)
-    store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), model_identity(model_name))
-             if method == "pseudo-ll" else None)
-    scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
-                           batch_size, progress=progress, pll_store=store)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields + [column], delimiter=delim)
-        w.writeheader()
-        for row, s in zip(rows, scores):
-            w.writerow({**row, column: f"{s:.6g}"})
-    os.replace(tmp, out)
-    if store is not None:
-        store.close()
-        store.path.unlink()
-    return len(rows)
+    with output_lock(out):  # also guards the pseudo-ll store beside it
+        model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
+        model = model.to(device).eval() if device else model.eval()
+        store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), model_identity(model_name))
+                 if method == "pseudo-ll" else None)
+        scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
+                               batch_size, progress=progress, pll_store=store)
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields + [column], delimiter=delim)
+            w.writeheader()
+            for row, s in zip(rows, scores):
+                w.writerow({**row, column: f"{s:.6g}"})
+        if store is not None:
+            store.close()
+            store.path.unlink()
+        return len(rows)

@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict, set_optimizer_state_dict,
 )
 
+from protlm.io import atomic_path, atomic_write
 from protlm.models import build_model
 from protlm.pretrained.protlm_format import load_protlm_state, save_protlm
 
@@ -60,12 +61,11 @@ def save_checkpoint(ckpt_root: Path, step: int, model_state: dict, optim_state: 
         "position": dict(position),
         "step": step,
     }
-    torch.save(trainer, tmp / "trainer.pt")
+    with atomic_path(tmp / "trainer.pt") as t:  # fsynced like the model files
+        torch.save(trainer, t)
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer_tmp = ckpt_root / f".latest.tmp{os.getpid()}"
-    pointer_tmp.write_text(name + "\n")
-    os.replace(pointer_tmp, ckpt_root / "latest")
+    os.replace(tmp, final)  # a folder: atomic_path is for files; `latest` is what readers trust
+    atomic_write(ckpt_root / "latest", name + "\n")
     _prune(ckpt_root, keep_last)
     return final
 
