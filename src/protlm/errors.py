@@ -8,6 +8,10 @@ Anything else escaping a command is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+class ProtlmWarning(UserWarning):
+    """Something the user should know about a result (shown once per run by the CLI)."""
+
+
 class ProtlmError(Exception):
     """An error in what the user gave protlm; the message says what and where."""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
-from protlm.errors import ProtlmError
+from protlm.errors import ProtlmError, ProtlmWarning
 
 # subcommand -> module exposing `command` (a click.Command or Group). Imported lazily so
 # `protlm --help` stays fast and one subcommand's heavy imports never slow another.
@@ -29,6 +30,16 @@ class ReportedError(click.ClickException):
         self.exit_code = error.exit_code
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, ProtlmWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(SUBCOMMANDS)
@@ -41,10 +52,14 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         # The one place user errors are reported, for `main` and for click's own runners alike
         # (tests call `cli` through CliRunner); every other exception keeps its traceback.
-        try:
-            return super().invoke(ctx)
-        except ProtlmError as e:
-            raise ReportedError(e) from None
+        with warnings.catch_warnings():
+            # protlm's own warnings: one plain line each per run, whichever code path raised them
+            warnings.simplefilter("once", ProtlmWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except ProtlmError as e:
+                raise ReportedError(e) from None
 
 
 @click.group(cls=LazyGroup)

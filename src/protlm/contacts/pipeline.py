@@ -178,14 +178,11 @@ def load_for_contacts(model_name: str, head: str = "attention", head_weights: st
     Attention head: regression from `head_weights` if given, else `contact_regression.safetensors`
     in a protlm model folder if present, else whatever the checkpoint carries.
     """
-    import warnings
-
+    
     from protlm import load_model_and_alphabet
     from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "uncalibrated" warning: the regression may come next
-        model, alphabet = load_model_and_alphabet(model_name)
+    model, alphabet = load_model_and_alphabet(model_name)
     if head == "bilinear":
         return model, alphabet, resolve_bilinear(model_name, head_weights)
     beside = Path(model_name) / REGRESSION_FILE

@@ -9,9 +9,10 @@ import numpy as np
 from protlm.io import atomic_path
 
 
-def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
-                     true_LL: np.ndarray | None = None, top_k: int | None = None) -> Path:
-    """Save the predicted map as a PNG; with `true_LL` (1/0/-1) true contacts are drawn over it.
+def contact_figure(pred_LL: np.ndarray, title: str = "", true_LL: np.ndarray | None = None,
+                   top_k: int | None = None):
+    """The matplotlib figure of a predicted map, with a colorbar of contact probability; with
+    `true_LL` (1/0/-1) true contacts are drawn over it.
 
     True contacts (|i-j| >= 6) are shown as open circles on the lower triangle and the top-L
     predicted pairs as dots on the upper one, the layout of the ESM papers' figures.
@@ -22,8 +23,9 @@ def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
     import matplotlib.pyplot as plt
 
     L = pred_LL.shape[0]
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    ax.imshow(pred_LL, cmap="Blues", vmin=0, vmax=max(float(np.nanmax(pred_LL)), 1e-6), origin="upper")
+    fig, ax = plt.subplots(figsize=(5.6, 5), dpi=120)
+    im = ax.imshow(pred_LL, cmap="Blues", vmin=0, vmax=max(float(np.nanmax(pred_LL)), 1e-6), origin="upper")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="contact probability")
     if true_LL is not None:
         i, j = np.nonzero((true_LL == 1) & (np.abs(np.subtract.outer(np.arange(L), np.arange(L))) >= 6))
         low = i > j
@@ -38,6 +40,15 @@ def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
     ax.set_title(title or f"predicted contacts (L={L})", fontsize=9)
     ax.set_xlabel("residue j")
     ax.set_ylabel("residue i")
+    return fig
+
+
+def plot_contact_map(pred_LL: np.ndarray, path: str | Path, title: str = "",
+                     true_LL: np.ndarray | None = None, top_k: int | None = None) -> Path:
+    """Save `contact_figure(...)` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = contact_figure(pred_LL, title, true_LL, top_k)
     path = Path(path)
     try:
         with atomic_path(path, suffix=".png") as tmp:

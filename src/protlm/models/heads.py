@@ -7,6 +7,8 @@ import warnings
 import torch
 from torch import nn
 
+from protlm.errors import ProtlmWarning
+
 from protlm.contacts.features import apc, symmetrize
 
 
@@ -14,7 +16,7 @@ UNFITTED_MESSAGE = ("this model has no fitted contact regression: its contact ma
                    "(fit one with `protlm contacts fit --head attention`)")
 
 
-class UncalibratedContactsWarning(UserWarning):
+class UncalibratedContactsWarning(ProtlmWarning):
     """Contacts were predicted with a contact head that was never fitted."""
 
 
