@@ -65,7 +65,6 @@ def test_packed_equals_padded(model, mixed):
     d, out = max_diff_packed_vs_padded(model, t, layers)
     assert max(d.values()) <= TOL, d
     assert out["attention_backend"] == "sdpa_loop"
-    assert model.layers[0].self_attn.last_backend == "sdpa_loop"
 
 
 def test_repad_gives_the_padded_layout(model, mixed):
