@@ -26,6 +26,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("optim.nope=1", "optim"), ("nope=1", "top level"), ("optim.lr=fast", "optim.lr"),
     ("parallel.mode=tpu", "parallel.mode"), ("schedule.kind=cosine", "schedule.kind"), ("x", "key=value"),
+    ("data.packed=1", "data.packed"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -44,6 +45,11 @@ def test_loads_without_tomllib_as_on_python_3_10(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["tomli", "0.001", "(0.8,", "0.9)"]
+
+
+def test_packed_batches_by_default():
+    assert TrainConfig().data.packed
+    assert not load_config(None, ["data.packed=false"]).data.packed
 
 
 def test_defaults_are_the_published_optimiser():

@@ -50,13 +50,16 @@ class ModelSection:
 class DataSection:
     train_fasta: str = ""
     valid_fraction: float = 0.05  # held out by a hash of the record ID
-    toks_per_batch: int = 8192  # padded tokens per global micro-batch
+    toks_per_batch: int = 8192  # tokens per global micro-batch: real ones if packed, else rows x longest
     max_length: int = 1022  # residues per sequence; longer ones are randomly cropped
     min_seqs: int = 1  # sequences per batch at least (>= world size)
     num_workers: int = 0
     seed: int = 0  # shuffle, crops and masks
     valid_seed: int = 1234  # fixed masks and crops for validation
     mask_prob: float = 0.15
+    # Packed batches: sequences concatenated up to toks_per_batch real tokens, attention within
+    # each, LM head at masked positions only. false: padded, length-bucketed batches (as before).
+    packed: bool = True
 
 
 @dataclass
@@ -114,7 +117,8 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown config key(s) in [{where or 'top level'}]: {sorted(unknown)}")
+        names = ", ".join(f"{where}.{k}" if where else k for k in sorted(unknown))  # as --set spells them
+        raise ConfigError(f"unknown config key(s) in [{where or 'top level'}]: {names}")
     kwargs = {}
     for name, value in d.items():
         default = getattr(cls(), name)
