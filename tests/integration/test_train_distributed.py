@@ -24,16 +24,19 @@ def _torchrun(cfg, nproc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("mode,packed", [("ddp", True), ("fsdp", True), ("ddp", False)],
-                         ids=["ddp-packed", "fsdp-packed", "ddp-padded"])
-def test_two_ranks_match_one_process(tmp_path, mode, packed):
+@pytest.mark.parametrize("mode,packed,extra", [
+    ("ddp", True, {}), ("fsdp", True, {}), ("ddp", False, {}),
+    # FSDP2 around compiled layers with every 2nd layer checkpointed (compile takes minutes here)
+    pytest.param("fsdp", True, {"compile": True, "checkpointing": 2}, marks=pytest.mark.slow),
+], ids=["ddp-packed", "fsdp-packed", "ddp-padded", "fsdp-packed-compiled-ckpt2"])
+def test_two_ranks_match_one_process(tmp_path, mode, packed, extra):
     fasta = tmp_path / "train.fasta"
     write_fasta(fasta)
     single = write_config(tmp_path / "one.toml", fasta, tmp_path / "one", accum=2, mode="none", dropout=0.0,
                           packed=packed)
     _torchrun(single, 1)
     multi = write_config(tmp_path / "two.toml", fasta, tmp_path / "two", accum=2, mode=mode, dropout=0.0,
-                         packed=packed)
+                         packed=packed, **extra)
     _torchrun(multi, 2)
     (l1, _), (l2, _) = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(l1) == sorted(l2) == list(range(1, 9))

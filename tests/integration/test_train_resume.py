@@ -69,6 +69,8 @@ log_every = 1
 progress = false
 [parallel]
 mode = "{sections.get('mode', 'auto')}"
+compile = {str(sections.get('compile', False)).lower()}
+activation_checkpointing = {sections.get('checkpointing', 'false')}
 """
     path.write_text(text)
     return path

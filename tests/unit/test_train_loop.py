@@ -94,3 +94,10 @@ def test_train_step_packed_equals_padded(model, data):
     assert pad[1] < pad[0]
     for a, b in zip(pad, pack):
         assert abs(a - b) <= TOL, (pad, pack)
+
+
+def test_adamw_is_fused_only_on_cuda(model):
+    opt = make_optimizer(model, load_config(None))
+    assert not opt.defaults.get("fused")  # CPU: the implementation the fp32 figures were taken with
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert all(p.ndim < 2 for p in opt.param_groups[1]["params"])
