@@ -124,6 +124,6 @@ def test_bad_config_is_a_usage_error(setup):
     cfg = write_config(tmp / "a.toml", fasta, tmp / "a")
     result = CliRunner().invoke(cli, ["train", str(cfg), "--set", "optim.nope=1"])
     assert result.exit_code == 2, result.output
-    assert "optim.nope" in result.output
+    assert "unknown config key(s) in [optim]: ['nope']" in result.output
     result = CliRunner().invoke(cli, ["train", str(cfg), "--set", "parallel.mode=tpu"])
     assert result.exit_code == 2 and "parallel.mode" in result.output

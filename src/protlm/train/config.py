@@ -120,8 +120,7 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
-        names = ", ".join(f"{where}.{k}" if where else k for k in sorted(unknown))  # as --set spells them
-        raise ConfigError(f"unknown config key(s) in [{where or 'top level'}]: {names}")
+        raise ConfigError(f"unknown config key(s) in [{where or 'top level'}]: {sorted(unknown)}")
     kwargs = {}
     for name, value in d.items():
         default = getattr(cls(), name)
