@@ -1,4 +1,5 @@
-"""20 steps straight == 10 steps + SIGKILL + `protlm train --resume` (losses to 1e-6, CPU)."""
+"""20 steps straight == 10 steps + SIGKILL + `protlm train --resume` (losses to 1e-6, CPU), with
+packed and with padded batches."""
 
 import json
 import signal
@@ -53,6 +54,7 @@ valid_fraction = 0.2
 toks_per_batch = 400
 max_length = 60
 min_seqs = 2
+packed = {str(sections.get('packed', True)).lower()}
 [optim]
 lr = 3e-3
 accum_steps = {sections.get('accum', 1)}
@@ -67,6 +69,8 @@ log_every = 1
 progress = false
 [parallel]
 mode = "{sections.get('mode', 'auto')}"
+compile = {str(sections.get('compile', False)).lower()}
+activation_checkpointing = {sections.get('checkpointing', 'false')}
 """
     path.write_text(text)
     return path
@@ -84,13 +88,14 @@ def setup(tmp_path):
     return tmp_path, fasta
 
 
-def test_resume_after_kill_matches_straight_run(setup):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_resume_after_kill_matches_straight_run(setup, packed):
     tmp, fasta = setup
-    straight = write_config(tmp / "a.toml", fasta, tmp / "a", accum=2)
+    straight = write_config(tmp / "a.toml", fasta, tmp / "a", accum=2, packed=packed)
     result = CliRunner().invoke(cli, ["train", str(straight)])
     assert result.exit_code == 0, result.output
 
-    cfg = write_config(tmp / "b.toml", fasta, tmp / "b", accum=2)
+    cfg = write_config(tmp / "b.toml", fasta, tmp / "b", accum=2, packed=packed)
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(cfg)], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert (tmp / "b" / "checkpoints" / "latest").read_text().strip() == "step_0000010"
@@ -107,6 +112,11 @@ def test_resume_after_kill_matches_straight_run(setup):
     # the final checkpoint is a protlm folder that the public loader reads
     model, alphabet = load_model_and_alphabet(tmp / "b" / "checkpoints" / "step_0000020")
     assert model.config.num_layers == 2 and len(alphabet) == 33
+
+    # the data position counts batches of one layout: resuming in the other is refused
+    flip = f"data.packed={str(not packed).lower()}"
+    result = CliRunner().invoke(cli, ["train", str(cfg), "--resume", "--set", flip])
+    assert result.exit_code == 2 and "data.packed" in result.output, result.output
 
 
 def test_bad_config_is_a_usage_error(setup):

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 
 from protlm.data.index import id_hash
-from protlm.data.sampler import BatchPlan, crop_window, heldout_mask, iter_positions, pack_batches, shard_rows
+from protlm.data.sampler import (BatchPlan, balanced_rows, crop_window, heldout_mask, iter_positions, pack_batches,
+                                 shard_rows)
 
 
-def _plan(n=500, seed=0, toks=2000, min_seqs=1):
+def _plan(n=500, seed=0, toks=2000, min_seqs=1, packed=False):
     lengths = np.random.default_rng(1).integers(10, 400, n)
-    return BatchPlan(np.arange(n), lengths, toks, 300, seed, min_seqs)
+    return BatchPlan(np.arange(n), lengths, toks, 300, seed, min_seqs, packed)
 
 
 def test_heldout_split_by_id_hash_is_stable_and_sized():
@@ -33,6 +34,24 @@ def test_batches_respect_budget_cover_each_record_once_and_are_bucketed():
     assert padded < 1.1 * costs.sum()
 
 
+def test_packed_batches_fill_a_real_token_budget_with_random_lengths():
+    plan = _plan(packed=True)
+    batches = plan.epoch_batches(0)
+    costs = plan.costs
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    sums = np.array([costs[b].sum() for b in batches])
+    assert (sums <= plan.toks_per_batch).all()
+    # greedy in shuffled order: a batch closes only when the next sequence does not fit
+    assert np.median(sums) > plan.toks_per_batch - costs.max()
+    assert len(batches) < 1.15 * costs.sum() / plan.toks_per_batch
+    # not bucketed: a batch mixes short and long sequences
+    spreads = [costs[b].max() - costs[b].min() for b in batches if len(b) > 3]
+    assert np.median(spreads) > 150
+    # the same records, fewer tokens computed than the padded plan's rows x longest
+    padded = _plan()
+    assert len(batches) < len(padded.epoch_batches(0))
+
+
 def test_shuffle_deterministic_by_seed_and_epoch():
     a, b = _plan(seed=3), _plan(seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(a.epoch_batches(2), b.epoch_batches(2)))
@@ -51,6 +70,27 @@ def test_rank_shards_are_disjoint_and_cover(world):
     batch = np.arange(11) * 7
     shards = [shard_rows(batch, r, world) for r in range(world)]
     assert sorted(np.concatenate(shards).tolist()) == batch.tolist()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_packed_shards_balance_tokens(world):
+    plan = _plan(packed=True, min_seqs=world)
+    for batch in plan.epoch_batches(0)[:20]:
+        shards = [plan.shard(batch, r, world) for r in range(world)]
+        assert sorted(np.concatenate(shards).tolist()) == sorted(batch.tolist())
+        assert all(len(s) > 0 for s in shards)
+        loads = [plan.costs[s].sum() for s in shards]
+        assert max(loads) - min(loads) <= plan.costs[batch].max()
+        for s in shards:  # rows keep the batch's order
+            pos = [batch.tolist().index(r) for r in s]
+            assert pos == sorted(pos)
+
+
+def test_balanced_rows_by_hand():
+    batch, costs = np.array([10, 11, 12, 13]), np.array([5, 9, 4, 3])
+    # longest first: 9 -> rank 0, 5 -> rank 1, 4 -> rank 1 (5 < 9), 3 -> rank 0 (9 = 9: lowest rank)
+    assert balanced_rows(batch, costs, 0, 2).tolist() == [11, 13]
+    assert balanced_rows(batch, costs, 1, 2).tolist() == [10, 12]
 
 
 def test_resume_position_replays_the_same_batches():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protlm.train.config import TrainConfig, load_config, parse_override
+from protlm.train.config import TrainConfig, checkpointing_plan, compile_enabled, load_config, parse_override
 from protlm.train.schedule import lr_multiplier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +26,8 @@ def test_overrides_are_typed_and_nested(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("optim.nope=1", "optim"), ("nope=1", "top level"), ("optim.lr=fast", "optim.lr"),
     ("parallel.mode=tpu", "parallel.mode"), ("schedule.kind=cosine", "schedule.kind"), ("x", "key=value"),
+    ("parallel.compile=yes", "parallel.compile"), ("parallel.activation_checkpointing=some", "activation_checkpointing"),
+    ("parallel.activation_checkpointing=-1", "activation_checkpointing"), ("data.packed=1", "data.packed"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -44,6 +46,20 @@ def test_loads_without_tomllib_as_on_python_3_10(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["tomli", "0.001", "(0.8,", "0.9)"]
+
+
+def test_speed_options():
+    cfg = TrainConfig()
+    assert cfg.data.packed and cfg.parallel.compile == "auto" and cfg.parallel.activation_checkpointing is False
+    assert compile_enabled("auto", "cuda") and not compile_enabled("auto", "cpu")
+    assert compile_enabled(True, "cpu") and not compile_enabled(False, "cuda")
+    for value, plan in [(False, (0, False)), (True, (1, False)), (0, (0, False)), (1, (1, False)), (3, (3, False)),
+                        ("none", (0, False)), ("full", (1, False)), ("selective", (1, True))]:
+        assert checkpointing_plan(value) == plan, value
+    cfg = load_config(None, ["parallel.activation_checkpointing=selective", "parallel.compile=true",
+                             "data.packed=false"])
+    assert (cfg.parallel.activation_checkpointing, cfg.parallel.compile, cfg.data.packed) == ("selective", True, False)
+    assert load_config(None, ["parallel.activation_checkpointing=2"]).parallel.activation_checkpointing == 2
 
 
 def test_defaults_are_the_published_optimiser():

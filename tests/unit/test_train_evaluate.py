@@ -36,8 +36,8 @@ def test_other_fasta_is_evaluated_whole_with_training_frequencies(cfg, tmp_path,
     freq = {t: counts.get(t, 0) + 1 for t in a.standard_toks}
     total = sum(freq.values())
     ce, n = 0.0, 0
-    for _, targets in fixed_batches(other, plan, 0, 1, cfg.data.mask_prob):
-        for t in targets[targets != IGNORE_INDEX].tolist():
+    for batch in fixed_batches(other, plan, 0, 1, cfg.data.mask_prob):
+        for t in batch.targets[batch.targets != IGNORE_INDEX].tolist():
             ce -= math.log(freq[a.get_tok(t)] / total)
             n += 1
     base = frequency_baseline(cfg, other)

@@ -1,12 +1,16 @@
 """Which sequences go in which batch, on which rank, in which order (pure, deterministic).
 
 - Held-out split by a hash of the record ID: stable across runs, machines and file order.
-- Token-budget batches bucketed by length: sequences are shuffled with a seeded generator, then
-  stably sorted by length, so a batch holds similar lengths (little padding) but ties are random;
-  the batch order is shuffled again. Epoch e always gives the same batches for the same seed.
-- Sharding: every rank sees the same list of *global* batches and takes rows rank::world of each,
-  so the global batch is identical whatever the number of ranks. Data-loader worker w of a rank
-  builds batches w, w+W, ... and the loader yields them round-robin, i.e. in order.
+- Token-budget batches, two kinds. Padded (`packed=False`): sequences are shuffled with a seeded
+  generator, then stably sorted by length, so a batch holds similar lengths (little padding) but
+  ties are random; the budget bounds rows x longest row. Packed (`packed=True`): the shuffled
+  order is kept and the budget bounds the sum of the sequences' tokens, so a batch is a random
+  sample of sequences filling a fixed number of tokens. In both the batch order is shuffled
+  again, and epoch e always gives the same batches for the same seed.
+- Sharding: every rank sees the same list of *global* batches and takes its share of each, so
+  the global batch is identical whatever the number of ranks: rows rank::world when padded,
+  token-balanced shares when packed. Data-loader worker w of a rank builds batches w, w+W, ...
+  and the loader yields them round-robin, i.e. in order.
 - Resumable: the position is (epoch, batch index), saved in checkpoints.
 """
 
@@ -34,20 +38,23 @@ def crop_window(length: int, max_length: int, rng: np.random.Generator) -> tuple
     return start, start + max_length
 
 
-def pack_batches(costs: np.ndarray, order: np.ndarray, toks_per_batch: int, min_seqs: int = 1) -> list[np.ndarray]:
-    """Greedy packing of `order` (sorted by cost) so len(batch) * max cost <= toks_per_batch.
+def pack_batches(costs: np.ndarray, order: np.ndarray, toks_per_batch: int, min_seqs: int = 1,
+                 packed: bool = False) -> list[np.ndarray]:
+    """Greedy batches of `order` within a token budget, in that order.
 
-    A batch always gets at least `min_seqs` sequences (so every rank has rows) even if that
-    exceeds the budget.
+    Padded (`order` sorted by cost): len(batch) * max cost <= toks_per_batch. Packed: the sum of
+    the costs <= toks_per_batch. A batch always gets at least `min_seqs` sequences (so every
+    rank has rows) even if that exceeds the budget.
     """
-    batches, current, width = [], [], 0
+    batches, current, width, total = [], [], 0, 0
     for i in order:
         c = int(costs[i])
-        if len(current) >= min_seqs and (len(current) + 1) * max(width, c) > toks_per_batch:
+        size = total + c if packed else (len(current) + 1) * max(width, c)
+        if len(current) >= min_seqs and size > toks_per_batch:
             batches.append(np.asarray(current, dtype=np.int64))
-            current, width = [], 0
+            current, width, total = [], 0, 0
         current.append(int(i))
-        width = max(width, c)
+        width, total = max(width, c), total + c
     if current and len(current) < min_seqs and batches:
         # a short leftover joins the previous batch rather than leave some rank without rows
         batches[-1] = np.concatenate([batches[-1], np.asarray(current, dtype=np.int64)])
@@ -66,20 +73,32 @@ class BatchPlan:
     max_length: int  # residues kept per sequence (random crop beyond)
     seed: int
     min_seqs: int = 1
+    packed: bool = False  # budget on real tokens (packed batches) rather than on rows x longest
+
+    @property
+    def costs(self) -> np.ndarray:
+        """Tokens of each record in a batch: its (cropped) residues + BOS, EOS."""
+        return np.minimum(self.lengths, self.max_length) + 2
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(self.indices)
-        costs = np.minimum(self.lengths, self.max_length) + 2  # + BOS, EOS
-        order = perm[np.argsort(costs[perm], kind="stable")]
-        batches = pack_batches(costs, order, self.toks_per_batch, self.min_seqs)
+        costs = self.costs
+        order = perm if self.packed else perm[np.argsort(costs[perm], kind="stable")]
+        batches = pack_batches(costs, order, self.toks_per_batch, self.min_seqs, self.packed)
         return [batches[j] for j in rng.permutation(len(batches))]
 
     def fixed_batches(self) -> list[np.ndarray]:
         """Unshuffled length-sorted batches (validation: same every time)."""
-        costs = np.minimum(self.lengths, self.max_length) + 2
+        costs = self.costs
         order = self.indices[np.argsort(costs[self.indices], kind="stable")]
-        return pack_batches(costs, order, self.toks_per_batch, self.min_seqs)
+        return pack_batches(costs, order, self.toks_per_batch, self.min_seqs, self.packed)
+
+    def shard(self, batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+        """This rank's rows of a global batch: rows rank::world when padded, token-balanced when packed."""
+        if self.packed:
+            return balanced_rows(batch, self.costs[batch], rank, world_size)
+        return shard_rows(batch, rank, world_size)
 
 
 def iter_positions(plan: BatchPlan, epoch: int, batch: int):
@@ -94,3 +113,18 @@ def iter_positions(plan: BatchPlan, epoch: int, batch: int):
 def shard_rows(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """Rows of a global batch that `rank` computes (disjoint, covering, any world size)."""
     return batch[rank::world_size]
+
+
+def balanced_rows(batch: np.ndarray, costs: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rows of a packed global batch for `rank`, so that every rank gets about the same tokens.
+
+    Longest first, each to the rank with the fewest tokens so far (lowest rank on ties): the
+    shares differ by at most one sequence's tokens, and every rank gets a row when
+    len(batch) >= world_size. Rows keep their order in `batch`.
+    """
+    load = np.zeros(world_size, dtype=np.int64)
+    owner = np.empty(len(batch), dtype=np.int64)
+    for j in np.argsort(-costs, kind="stable"):
+        r = int(np.argmin(load))  # argmin takes the first (lowest rank) of equal loads
+        owner[j], load[r] = r, load[r] + costs[j]
+    return batch[owner == rank]

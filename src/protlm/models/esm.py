@@ -12,6 +12,7 @@ from protlm.models.config import ESMConfig
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
 from protlm.models.packing import Packing
+from protlm.models.varlen import select_backend
 
 # Token dropout: training masked 15% x 80% of residues with <mask> and zeroed their
 # embeddings; at inference embeddings are rescaled by (1 - 0.12) / (1 - observed mask ratio).
@@ -183,7 +184,10 @@ class ESM(nn.Module):
             raise ValueError(f"packed tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
         if tokens.eq(self.padding_idx).any():
             raise ValueError("packed tokens must hold no padding (see protlm.models.packing.pack)")
-        packing = Packing.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), attention_backend)
+        # The kernel is chosen once here, for the dtype q/k/v will have, and every layer runs it.
+        backend = select_backend(tokens.device, self._compute_dtype(tokens.device),
+                                 self._attention_dropout(), attention_backend)
+        packing = Packing.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), backend)
         repr_layers = {self._layer_index(i) for i in repr_layers}
         x = self.embed_packed(tokens, packing)
 
@@ -199,8 +203,17 @@ class ESM(nn.Module):
         if return_logits:
             result["logits"] = self.lm_head(x if logits_at is None else x[logits_at])
         result["representations"] = reps
-        result["attention_backend"] = self.layers[0].self_attn.last_backend if self.layers else None
+        result["attention_backend"] = backend
         return result
+
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype of the layers' activations: autocast's when it is on, else the weights'."""
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embed_tokens.weight.dtype
+
+    def _attention_dropout(self) -> float:
+        return self.config.attention_dropout if self.training else 0.0
 
     def _layer_index(self, i: int) -> int:
         n = self.num_layers

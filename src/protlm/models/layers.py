@@ -92,8 +92,8 @@ class MultiheadAttention(nn.Module):
 
     SDPA on the fast path; the explicit softmax path runs only when the caller asks for the
     attention maps (contacts, `need_head_weights`). Given a `packing`, the input is a packed
-    (N, D) batch and a varlen kernel confines attention to each sequence; `last_backend` then
-    names the kernel that ran.
+    (N, D) batch and a varlen kernel confines attention to each sequence: `packing.attention_backend`,
+    or the first usable one (protlm.models.varlen.select_backend).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, rotary: bool = False, dropout: float = 0.0):
@@ -107,7 +107,6 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.rot_emb = RotaryEmbedding(self.head_dim) if rotary else None
-        self.last_backend: str | None = None
 
     def _heads(self, x_BLD: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_BLD.shape
@@ -163,7 +162,9 @@ class MultiheadAttention(nn.Module):
         if self.rot_emb is not None:
             q, k = self.rot_emb.forward_packed(q, k, packing)
         dropout_p = self.dropout if self.training else 0.0
-        out, self.last_backend = varlen_attention(q, k, v, packing, dropout_p, packing.attention_backend)
+        # No record of the kernel on the module: an attribute written here is a side effect that
+        # torch.compile cannot keep inside an activation-checkpointed layer (the graph would break).
+        out, _ = varlen_attention(q, k, v, packing, dropout_p, packing.attention_backend)
         return self.out_proj(out.reshape(N, D))
 
 

@@ -15,7 +15,6 @@ Layout: q, k, v and the output are (N, H, hd); the query is already scaled (soft
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
@@ -27,18 +26,18 @@ BACKENDS = ("flash_attn", "varlen_attn", "sdpa_loop")
 _HALF = (torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_flash_attn() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
-@functools.lru_cache(maxsize=None)
-def _has_varlen_attn() -> bool:
+def _find_varlen_attn() -> bool:
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+# Looked up once at import, not per call: torch.compile then reads two constants when it traces
+# a layer, rather than tracing import machinery in every attention call.
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+_HAS_VARLEN_ATTN = _find_varlen_attn()
 
 
 def unusable_reason(backend: str, device: torch.device, dtype: torch.dtype, dropout_p: float) -> str | None:
@@ -47,9 +46,9 @@ def unusable_reason(backend: str, device: torch.device, dtype: torch.dtype, drop
         return None
     if backend not in BACKENDS:
         return f"unknown attention backend {backend!r}; known: {', '.join(BACKENDS)}"
-    if backend == "flash_attn" and not _has_flash_attn():
+    if backend == "flash_attn" and not _HAS_FLASH_ATTN:
         return "flash_attn is not installed"
-    if backend == "varlen_attn" and not _has_varlen_attn():
+    if backend == "varlen_attn" and not _HAS_VARLEN_ATTN:
         return "this torch has no torch.nn.attention.varlen"
     if backend == "varlen_attn" and dropout_p > 0:
         return "varlen_attn has no attention dropout"
@@ -71,9 +70,15 @@ def select_backend(device: torch.device, dtype: torch.dtype, dropout_p: float = 
         if reason:
             raise ValueError(f"attention backend {requested!r} cannot run here: {reason}")
         return requested
-    return next(b for b in BACKENDS if unusable_reason(b, device, dtype, dropout_p) is None)
+    for b in BACKENDS:  # a loop, not next(generator): torch.compile traces it without a break
+        if unusable_reason(b, device, dtype, dropout_p) is None:
+            return b
+    raise AssertionError("sdpa_loop always runs")
 
 
+# Left out of torch.compile graphs: traced, the loop would unroll over this batch's boundaries and
+# recompile for every new batch; as it is, a compiled layer breaks its graph here and runs it eagerly.
+@torch.compiler.disable
 def _sdpa_loop(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch.Tensor:
     outs = []
     for s, e in packing.bounds:

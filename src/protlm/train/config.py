@@ -50,13 +50,16 @@ class ModelSection:
 class DataSection:
     train_fasta: str = ""
     valid_fraction: float = 0.05  # held out by a hash of the record ID
-    toks_per_batch: int = 8192  # padded tokens per global micro-batch
+    toks_per_batch: int = 8192  # tokens per global micro-batch: real ones if packed, else rows x longest
     max_length: int = 1022  # residues per sequence; longer ones are randomly cropped
     min_seqs: int = 1  # sequences per batch at least (>= world size)
     num_workers: int = 0
     seed: int = 0  # shuffle, crops and masks
     valid_seed: int = 1234  # fixed masks and crops for validation
     mask_prob: float = 0.15
+    # Packed batches: sequences concatenated up to toks_per_batch real tokens, attention within
+    # each, LM head at masked positions only. false: padded, length-bucketed batches (as before).
+    packed: bool = True
 
 
 @dataclass
@@ -92,7 +95,10 @@ class ParallelSection:
     mode: str = "auto"  # auto (ddp when several ranks) | none | ddp | fsdp
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # autocast on GPU only; CPU stays fp32
-    activation_checkpointing: bool = False
+    # false | true (every layer) | k (every k-th layer) | "selective" (every layer, matmul and
+    # attention outputs kept, the rest recomputed); see parallelize.apply_activation_checkpointing
+    activation_checkpointing: bool | int | str = field(default=False, metadata={"any": True})
+    compile: bool | str = field(default="auto", metadata={"any": True})  # auto: on CUDA only
 
 
 @dataclass
@@ -118,7 +124,9 @@ def _from_dict(cls, d: dict[str, Any], where: str):
     kwargs = {}
     for name, value in d.items():
         default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
+        if fields[name].metadata.get("any"):
+            kwargs[name] = value  # several types allowed: checked in load_config
+        elif dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"config [{name}] must be a table")
             kwargs[name] = _from_dict(type(default), value, name)
@@ -182,4 +190,31 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         raise ConfigError(f"parallel.mode must be auto/none/ddp/fsdp, got {cfg.parallel.mode!r}")
     if cfg.schedule.kind not in ("linear", "inverse_sqrt"):
         raise ConfigError(f"schedule.kind must be linear or inverse_sqrt, got {cfg.schedule.kind!r}")
+    if not (isinstance(cfg.parallel.compile, bool) or cfg.parallel.compile == "auto"):
+        raise ConfigError(f"parallel.compile must be true, false or \"auto\", got {cfg.parallel.compile!r}")
+    try:
+        checkpointing_plan(cfg.parallel.activation_checkpointing)
+    except ValueError as e:
+        raise ConfigError(f"parallel.activation_checkpointing: {e}") from None
     return cfg
+
+
+def checkpointing_plan(value: bool | int | str) -> tuple[int, bool]:
+    """parallel.activation_checkpointing -> (every k-th layer recomputed, 0 = none; selective).
+
+    false / 0 / "none": (0, False); true / "full" / 1: (1, False); k >= 2: (k, False);
+    "selective": (1, True).
+    """
+    if isinstance(value, bool):
+        return int(value), False
+    if isinstance(value, int) and value >= 0:
+        return value, False
+    named = {"none": (0, False), "full": (1, False), "selective": (1, True)}
+    if isinstance(value, str) and value in named:
+        return named[value]
+    raise ValueError(f"expected true, false, a layer interval k >= 0, \"full\" or \"selective\"; got {value!r}")
+
+
+def compile_enabled(value: bool | str, device_type: str) -> bool:
+    """parallel.compile on this device: "auto" compiles on CUDA only."""
+    return device_type == "cuda" if value == "auto" else bool(value)

@@ -42,7 +42,7 @@ def eval_plan(cfg: TrainConfig, fasta: str | None = None) -> tuple[str, BatchPla
         return cfg.data.train_fasta, make_plans(cfg, FastaIndex.open(cfg.data.train_fasta))[1]
     index, d = FastaIndex.open(fasta), cfg.data
     plan = BatchPlan(np.arange(len(index)), np.asarray(index.lengths), d.toks_per_batch, d.max_length,
-                     d.valid_seed, d.min_seqs)
+                     d.valid_seed, d.min_seqs, d.packed)
     return fasta, plan
 
 
@@ -53,8 +53,8 @@ def frequency_baseline(cfg: TrainConfig, fasta: str | None = None) -> dict[str, 
     train_plan, _ = make_plans(cfg, index)
     logp_V = residue_log_probs(index, train_plan.indices, alphabet)
     total, n = 0.0, 0
-    for _, targets_BT in fixed_batches(*eval_plan(cfg, fasta), 0, 1, cfg.data.mask_prob):
-        t = targets_BT[targets_BT != IGNORE_INDEX]
+    for batch in fixed_batches(*eval_plan(cfg, fasta), 0, 1, cfg.data.mask_prob):
+        t = batch.targets[batch.targets != IGNORE_INDEX]  # (B, T) padded or (M,) packed
         total -= float(logp_V[t].sum())
         n += t.numel()
     return {"baseline_ce": total / n, "baseline_ppl": math.exp(total / n), "valid_tokens": n}

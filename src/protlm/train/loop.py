@@ -1,9 +1,16 @@
-"""Masked-language-model training: one function, `train(cfg)`, on one device or under torchrun."""
+"""Masked-language-model training: `train(cfg)`, on one device or under torchrun.
+
+Read top to bottom: `setup` builds what a run needs (a `Run`: device, data plans, model,
+optimiser, schedule, the resumed position); `masked_ce_sum` and `train_step` are one optimiser
+step; `evaluate` is the held-out perplexity; `train` is the loop that reads batches, steps, logs,
+evaluates and checkpoints.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +24,31 @@ from protlm.data.sampler import BatchPlan, heldout_mask
 from protlm.models import build_model
 from protlm.models.layers import init_weights
 from protlm.train import checkpoint as ckpt
-from protlm.train.batches import fixed_batches, rank_loader
+from protlm.train.batches import MLMBatch, fixed_batches, rank_loader
 from protlm.train.config import ConfigError, TrainConfig
 from protlm.train.metrics import MetricsLogger
 from protlm.train.parallelize import Dist, all_reduce_sum, init_distributed, parallelize, pick_device, unwrap
 from protlm.train.schedule import lr_multiplier
+
+
+# ---------------------------------------------------------------------------------------- set-up
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # bf16 on GPU, None (fp32) on CPU
+    model: nn.Module  # wrapped for the parallel mode (DDP, FSDP) and possibly compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_plan: BatchPlan
+    valid_plan: BatchPlan
+    step: int = 0  # optimiser steps done
+    position: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0})  # next global batch
+    resumed_from: Path | None = None
 
 
 def make_plans(cfg: TrainConfig, index: FastaIndex) -> tuple[BatchPlan, BatchPlan]:
@@ -29,65 +56,127 @@ def make_plans(cfg: TrainConfig, index: FastaIndex) -> tuple[BatchPlan, BatchPla
     d = cfg.data
     held = heldout_mask(np.asarray(index.id_hashes), d.valid_fraction)
     lengths = np.asarray(index.lengths)
-    train = BatchPlan(np.flatnonzero(~held), lengths, d.toks_per_batch, d.max_length, d.seed, d.min_seqs)
-    valid = BatchPlan(np.flatnonzero(held), lengths, d.toks_per_batch, d.max_length, d.valid_seed, d.min_seqs)
+    common = dict(lengths=lengths, toks_per_batch=d.toks_per_batch, max_length=d.max_length,
+                  min_seqs=d.min_seqs, packed=d.packed)
+    train = BatchPlan(np.flatnonzero(~held), seed=d.seed, **common)
+    valid = BatchPlan(np.flatnonzero(held), seed=d.valid_seed, **common)
     if len(train.indices) == 0 or len(valid.indices) == 0:
         raise ConfigError(f"{d.train_fasta}: split gives {len(train.indices)} training and "
-                         f"{len(valid.indices)} held-out records; adjust data.valid_fraction")
+                          f"{len(valid.indices)} held-out records; adjust data.valid_fraction")
     return train, valid
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and LayerNorm weights (1-D parameters)."""
+    """AdamW; no weight decay on biases and LayerNorm weights (1-D parameters).
+
+    The fused CUDA kernel when every parameter is on a GPU (one launch for all parameters instead
+    of a few per tensor); the default implementation elsewhere, so CPU results do not change.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **({"fused": True} if fused else {}))
 
 
-def masked_ce_sum(model: nn.Module, inputs_BT, targets_BT, autocast_dtype) -> torch.Tensor:
-    """Sum of cross-entropy over the masked positions (a scalar)."""
-    with torch.autocast(inputs_BT.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits_BTV = model(inputs_BT)["logits"]
-    return F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+def _devices(cfg: TrainConfig) -> tuple[Dist, torch.device, torch.dtype | None]:
+    """Join the process group; (ranks, this rank's device, autocast dtype)."""
+    requested = cfg.parallel.device
+    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    d = init_distributed("cuda" if use_cuda else "cpu")
+    device = pick_device(requested, d)
+    autocast_dtype = torch.bfloat16 if (cfg.parallel.bf16 and device.type == "cuda") else None
+    return d, device, autocast_dtype
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, fasta: str, plan: BatchPlan, d: Dist, device, autocast_dtype,
-             mask_prob: float = 0.15) -> dict[str, float]:
-    """Held-out perplexity: exp(mean masked cross-entropy), masks fixed by plan.seed."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum CE, masked tokens)
-    for inputs_BT, targets_BT in fixed_batches(fasta, plan, d.rank, d.world, mask_prob):
-        inputs_BT, targets_BT = inputs_BT.to(device), targets_BT.to(device)
-        total[0] += masked_ce_sum(model, inputs_BT, targets_BT, autocast_dtype).double()
-        total[1] += (targets_BT != IGNORE_INDEX).sum()
-    all_reduce_sum(total, d)
-    model.train(was_training)
-    ce = (total[0] / total[1]).item()
-    return {"valid_ce": ce, "valid_ppl": math.exp(ce), "valid_tokens": int(total[1].item())}
+def _plans(cfg: TrainConfig, d: Dist) -> tuple[BatchPlan, BatchPlan]:
+    fasta = cfg.data.train_fasta
+    if not fasta:
+        raise ConfigError("data.train_fasta is not set")
+    index = FastaIndex.open(fasta) if d.is_main else None
+    if d.world > 1:
+        torch.distributed.barrier()  # rank 0 builds the index once; the others then open it
+    plans = make_plans(cfg, index or FastaIndex.open(fasta))
+    if d.world > max(1, cfg.data.min_seqs):
+        raise ConfigError(f"data.min_seqs ({cfg.data.min_seqs}) must be >= the number of ranks ({d.world})")
+    return plans
 
 
-def train_step(model, micro_batches, optimizer, scheduler, cfg: TrainConfig, d: Dist, device, autocast_dtype):
-    """One optimiser step over `accum_steps` micro-batches; returns (mean masked CE, tokens).
+def _model(cfg: TrainConfig, d: Dist, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.build_config())
+    init_weights(model)  # BERT-style normal(0, 0.02), as ESM pretraining
+    model.contact_head.requires_grad_(False)  # MLM pretraining does not train the contact head
+    p = cfg.parallel
+    return parallelize(model, p.mode, d, device, p.activation_checkpointing, p.compile)
+
+
+def setup(cfg: TrainConfig, resume: bool = False) -> Run:
+    """Devices, data plans, model, optimiser and schedule; restored from the latest checkpoint
+    under output.dir when `resume` and one exists."""
+    d, device, autocast_dtype = _devices(cfg)
+    train_plan, valid_plan = _plans(cfg, d)
+    model = _model(cfg, d, device)
+    optimizer = make_optimizer(model, cfg)
+    s = cfg.schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, s.kind, s.warmup_steps, s.total_steps))
+    run = Run(cfg, d, device, autocast_dtype, model, optimizer, scheduler, train_plan, valid_plan)
+    run.position["packed"] = cfg.data.packed
+    found = ckpt.latest(Path(cfg.output.dir) / "checkpoints") if resume else None
+    if found is not None:
+        trainer = ckpt.load_checkpoint(found, model, optimizer, scheduler)
+        # Checkpoints from before packed batches existed have no "packed": they were padded.
+        if trainer["position"].get("packed", False) != cfg.data.packed:
+            raise ConfigError(
+                f"{found} was written with data.packed = {not cfg.data.packed}: its data position "
+                f"counts those batches; resume with --set data.packed={str(not cfg.data.packed).lower()}")
+        run.step, run.resumed_from = trainer["step"], found
+        run.position = {**trainer["position"], "packed": cfg.data.packed}
+    return run
+
+
+# ----------------------------------------------------------------------------------------- step
+
+def masked_ce_sum(model: nn.Module, batch: MLMBatch, autocast_dtype) -> torch.Tensor:
+    """The sum (not the mean) of the cross-entropy at the batch's masked positions: a 0-d fp32
+    tensor, differentiable.
+
+    Each masked position contributes -log p(original token) under the model's logits; positions
+    that are not masked (targets IGNORE_INDEX), padding and BOS/EOS contribute nothing. Callers
+    divide by the number of masked tokens of the whole optimiser step, all micro-batches and
+    ranks together, which a per-batch mean could not give. A padded batch runs the LM head at
+    every position; a packed one only at its masked positions (`masked_at`).
+    """
+    with torch.autocast(batch.inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if batch.packed:
+            logits = model(batch.inputs, cu_seqlens=batch.cu_seqlens, logits_at=batch.masked_at)["logits"]  # (M, V)
+            targets = batch.targets  # (M,)
+        else:
+            logits = model(batch.inputs)["logits"].flatten(0, 1)  # (B*T, V)
+            targets = batch.targets.flatten()
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def train_step(model, micro_batches: list[MLMBatch], optimizer, scheduler, cfg: TrainConfig, d: Dist,
+               device, autocast_dtype) -> float:
+    """One optimiser step over `accum_steps` micro-batches; returns the mean masked CE.
 
     The loss is the sum of CE over every masked token of the global step divided by their global
     count, so the update is the same for any number of ranks or micro-batches. DDP and FSDP
     average gradients over ranks, hence the factor `world`.
     """
-    counts = torch.tensor([float((t != IGNORE_INDEX).sum()) for _, t in micro_batches], dtype=torch.float64)
+    counts = torch.tensor([float(b.num_masked()) for b in micro_batches], dtype=torch.float64)
     n_masked = all_reduce_sum(counts.sum().to(device), d).item()
     ce_total = torch.zeros((), dtype=torch.float64, device=device)
-    for k, (inputs_BT, targets_BT) in enumerate(micro_batches):
-        inputs_BT, targets_BT = inputs_BT.to(device), targets_BT.to(device)
+    for k, batch in enumerate(micro_batches):
+        batch = batch.to(device, non_blocking=True)
         sync = k == len(micro_batches) - 1
         ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
         with ctx:
-            ce = masked_ce_sum(model, inputs_BT, targets_BT, autocast_dtype)
+            ce = masked_ce_sum(model, batch, autocast_dtype)
             (ce * (d.world / max(n_masked, 1.0))).backward()
         ce_total += ce.detach().double()
     if cfg.optim.clip_norm > 0:
@@ -95,8 +184,7 @@ def train_step(model, micro_batches, optimizer, scheduler, cfg: TrainConfig, d: 
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    ce_mean = all_reduce_sum(ce_total, d).item() / max(n_masked, 1.0)
-    return ce_mean
+    return all_reduce_sum(ce_total, d).item() / max(n_masked, 1.0)
 
 
 class _null:
@@ -107,72 +195,80 @@ class _null:
         return False
 
 
+# ----------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model: nn.Module, fasta: str, plan: BatchPlan, d: Dist, device, autocast_dtype,
+             mask_prob: float = 0.15) -> dict[str, float]:
+    """Held-out perplexity: exp(mean masked cross-entropy), crops and masks fixed by plan.seed.
+
+    The masked positions are the same in either layout (plan.packed), so is the perplexity up to
+    float rounding.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum CE, masked tokens)
+    for batch in fixed_batches(fasta, plan, d.rank, d.world, mask_prob):
+        total[0] += masked_ce_sum(model, batch.to(device), autocast_dtype).double()
+        total[1] += batch.num_masked()
+    all_reduce_sum(total, d)
+    model.train(was_training)
+    ce = (total[0] / total[1]).item()
+    return {"valid_ce": ce, "valid_ppl": math.exp(ce), "valid_tokens": int(total[1].item())}
+
+
+# ---------------------------------------------------------------------------------------- loop
+
+def _read_step(loader, accum_steps: int, padding_idx: int) -> tuple[list[MLMBatch], dict, int]:
+    """The micro-batches of one optimiser step, the position after them, their real tokens."""
+    micro, tokens = [], 0
+    for _ in range(accum_steps):
+        epoch, b, batch = next(loader)
+        micro.append(batch)
+        tokens += batch.num_tokens(padding_idx)
+    return micro, {"epoch": epoch, "batch": b + 1}, tokens
+
+
+def _save(run: Run, extra: dict) -> None:
+    """Checkpoint the run at its step (collective: every rank calls it; rank 0 writes)."""
+    model_state, optim_state = ckpt.gather_state(run.model, run.optimizer)
+    if run.d.is_main:
+        ckpt.save_checkpoint(Path(run.cfg.output.dir) / "checkpoints", run.step, model_state, optim_state,
+                             unwrap(run.model), run.scheduler, run.position, extra, run.cfg.output.keep_last)
+    if run.d.world > 1:
+        torch.distributed.barrier()
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or resume) per `cfg`; returns the last logged metrics."""
-    requested = cfg.parallel.device
-    d = init_distributed("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
-    device = pick_device(requested, d)
-    autocast_dtype = torch.bfloat16 if (cfg.parallel.bf16 and device.type == "cuda") else None
-    out, fasta = Path(cfg.output.dir), cfg.data.train_fasta
-    ckpt_root = out / "checkpoints"
-    if not fasta:
-        raise ConfigError("data.train_fasta is not set")
-    index = FastaIndex.open(fasta) if d.is_main else None
-    if d.world > 1:
-        torch.distributed.barrier()  # rank 0 builds the index once; the others then open it
-    index = index or FastaIndex.open(fasta)
-    train_plan, valid_plan = make_plans(cfg, index)
-    if d.world > max(1, cfg.data.min_seqs):
-        raise ConfigError(f"data.min_seqs ({cfg.data.min_seqs}) must be >= the number of ranks ({d.world})")
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.build_config())
-    init_weights(model)  # BERT-style normal(0, 0.02), as ESM pretraining
-    model.contact_head.requires_grad_(False)  # MLM pretraining does not train the contact head
-    model = parallelize(model, cfg.parallel.mode, d, device, cfg.parallel.activation_checkpointing)
-    optimizer = make_optimizer(model, cfg)
-    s = cfg.schedule
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, s.kind, s.warmup_steps, s.total_steps))
-
-    step, position = 0, {"epoch": 0, "batch": 0}
-    found = ckpt.latest(ckpt_root) if resume else None
-    if found is not None:
-        trainer = ckpt.load_checkpoint(found, model, optimizer, scheduler)
-        step, position = trainer["step"], trainer["position"]
-    stop = cfg.stop_at or s.total_steps
-    logger = MetricsLogger(out, d.is_main, cfg.output.tensorboard, cfg.output.progress, start=step, total=stop)
-    if found is not None:
-        logger.note(f"resumed from {found} at step {step}")
-    loader = rank_loader(fasta, train_plan, position["epoch"], position["batch"], d.rank, d.world,
-                         cfg.data.num_workers, cfg.data.mask_prob)
+    run = setup(cfg, resume)
+    d, out = run.d, cfg.output
+    stop = cfg.stop_at or cfg.schedule.total_steps
+    logger = MetricsLogger(Path(out.dir), d.is_main, out.tensorboard, out.progress, start=run.step, total=stop)
+    if run.resumed_from is not None:
+        logger.note(f"resumed from {run.resumed_from} at step {run.step}")
+    loader = rank_loader(cfg.data.train_fasta, run.train_plan, run.position["epoch"], run.position["batch"],
+                         d.rank, d.world, cfg.data.num_workers, cfg.data.mask_prob)
     extra = {"training_config": cfg.to_dict()}
+    padding_idx = unwrap(run.model).padding_idx
     metrics: dict = {}
-    model.train()
+    run.model.train()
     t0, tokens = time.perf_counter(), 0
-    while step < stop:
-        micro = []
-        for _ in range(cfg.optim.accum_steps):
-            epoch, b, inputs_BT, targets_BT = next(loader)
-            micro.append((inputs_BT, targets_BT))
-            tokens += int((inputs_BT != unwrap(model).padding_idx).sum())
-        position = {"epoch": epoch, "batch": b + 1}  # the next global batch to read
+    while run.step < stop:
+        micro, position, n = _read_step(loader, cfg.optim.accum_steps, padding_idx)
+        run.position.update(position)
+        tokens += n
         # Deterministic per-step RNG (dropout), so a resumed run draws what the straight run drew.
-        torch.manual_seed(hash((cfg.seed, step, d.rank)) % 2**62)
-        loss = train_step(model, micro, optimizer, scheduler, cfg, d, device, autocast_dtype)
-        step += 1
-        metrics = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-        elapsed = time.perf_counter() - t0
-        metrics["tokens_per_s"] = tokens * d.world / max(elapsed, 1e-9)
-        if step % cfg.output.eval_every == 0 or step == stop:
-            metrics.update(evaluate(model, fasta, valid_plan, d, device, autocast_dtype, cfg.data.mask_prob))
-        logger.log(metrics, force=step % cfg.output.log_every == 0 or "valid_ppl" in metrics)
-        if step % cfg.output.checkpoint_every == 0 or step == stop:
-            model_state, optim_state = ckpt.gather_state(model, optimizer)
-            if d.is_main:
-                ckpt.save_checkpoint(ckpt_root, step, model_state, optim_state, unwrap(model), scheduler,
-                                     position, extra, cfg.output.keep_last)
-            if d.world > 1:
-                torch.distributed.barrier()
+        torch.manual_seed(hash((cfg.seed, run.step, d.rank)) % 2**62)
+        loss = train_step(run.model, micro, run.optimizer, run.scheduler, cfg, d, run.device, run.autocast_dtype)
+        run.step += 1
+        metrics = {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                   "epoch": position["epoch"], "tokens_per_s": tokens * d.world / max(time.perf_counter() - t0, 1e-9)}
+        if run.step % out.eval_every == 0 or run.step == stop:
+            metrics.update(evaluate(run.model, cfg.data.train_fasta, run.valid_plan, d, run.device,
+                                    run.autocast_dtype, cfg.data.mask_prob))
+        logger.log(metrics, force=run.step % out.log_every == 0 or "valid_ppl" in metrics)
+        if run.step % out.checkpoint_every == 0 or run.step == stop:
+            _save(run, extra)
     logger.close()
     return metrics
