@@ -83,14 +83,16 @@ def test_explicit_path_is_bitwise_identical(tmp_path, shared_data):
     assert max(d.values()) == 0.0, d
 
 
-def test_without_regression_file_warns(tmp_path, shared_data):
+def test_without_regression_file_warns_when_contacts_are_asked(tmp_path, shared_data):
     ref, meta = W.reference_esm1b()
     path = W.write_fair_esm(ref, meta, tmp_path / "esm1b_noreg.pt", regression=False)
-    with pytest.warns(UserWarning, match="not calibrated"):
-        model, alphabet = load_model_and_alphabet(path)
+    model, alphabet = load_model_and_alphabet(path)
+    assert not model.contact_head.fitted
     tokens = alphabet.get_batch_converter()(real_batch(shared_data, n=2, max_len=50))[2]
     with torch.no_grad():
         assert (ref(tokens)["logits"] - model(tokens)["logits"]).abs().max() <= TOL
+        with pytest.warns(UserWarning, match="not calibrated"):
+            model(tokens, return_contacts=True)
 
 
 def test_full_esm1b_config(tmp_path, shared_data):

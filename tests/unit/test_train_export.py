@@ -40,6 +40,10 @@ def test_shipped_protlm_small_loads_offline(monkeypatch):
     assert weights.stat().st_size <= 20e6
     meta = json.loads((packaged_root() / "protlm_small" / "config.json").read_text())
     assert meta["training_config"]["model"]["num_layers"] == 6  # the config that produced it
+    assert meta["training_config"]["data"]["train_fasta"].endswith("cath_train.fasta")
+    # its attention contact head was fitted on structures and ships beside the weights
+    assert (packaged_root() / "protlm_small" / "contact_regression.safetensors").is_file()
+    assert model.contact_head.fitted
     # it predicts masked residues better than chance on a real protein: each residue masked in
     # turn (one row per position), perplexity over the 20 amino acids well under uniform's 20
     seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAG"
