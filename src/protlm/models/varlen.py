@@ -60,6 +60,7 @@ def unusable_reason(backend: str, device: torch.device, dtype: torch.dtype, drop
     return None
 
 
+@torch.compiler.disable  # host-side choice: under torch.compile it stays out of the graph
 def select_backend(device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0,
                    requested: str | None = None) -> str:
     """The kernel `varlen_attention` runs for inputs on `device` in `dtype`.
@@ -74,6 +75,9 @@ def select_backend(device: torch.device, dtype: torch.dtype, dropout_p: float = 
     return next(b for b in BACKENDS if unusable_reason(b, device, dtype, dropout_p) is None)
 
 
+# A Python loop over host-side bounds: traced, it would specialise (and recompile) on every
+# batch's lengths, so compiled layers (protlm.engine, compile=True) call it eagerly.
+@torch.compiler.disable
 def _sdpa_loop(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch.Tensor:
     outs = []
     for s, e in packing.bounds:
