@@ -10,7 +10,7 @@ import torch
 from protlm import build_model
 from protlm.data.fasta import load_fasta, write_fasta
 from protlm.embed import (EmbedConfig, EmbedError, check_lengths, extract, prepare_model,
-                          resolve_layers, scan_fasta)
+                          scan_fasta)
 from protlm.models.layers import init_weights
 from protlm.pretrained.registry import DEBUG_CONFIGS
 from protlm.windows import merge_1d, merge_2d, window_spans
@@ -155,10 +155,13 @@ def test_scan_fasta_keeps_ids_and_lengths_only(few, tmp_path):
 
 
 def test_resolve_layers():
+    from protlm.errors import InputError
+    from protlm.models.esm import resolve_layers
+
     assert resolve_layers([-1, 0, 2, 2], 2) == [0, 2]
-    with pytest.raises(EmbedError, match="repr layer 3 out of range"):
+    with pytest.raises(InputError, match="repr layer 3 out of range"):
         resolve_layers([3], 2)
-    with pytest.raises(EmbedError, match="repr layer -4"):
+    with pytest.raises(InputError, match="repr layer -4"):
         resolve_layers([-4], 2)
 
 
