@@ -171,7 +171,7 @@ class Engine:
         return group, torch.tensor(toks, dtype=torch.long), cu
 
     # ---- the device work ----
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may train on the outputs (bilinear contact head)
     def forward(self, job: Job, want) -> HostBatch:
         """Run a planned job; the returned batch's host copies may still be in flight."""
         want = frozenset(want) | ({"per_tok"} if any(len(s) > 1 for s in job.spans) else set())
