@@ -207,7 +207,9 @@ def test_second_writer_is_refused_at_start(tmp_path, shared_data, models, hold_i
 
 
 def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data, models):
-    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=150)
+    # 400 records: with the writer thread the run is fast, and the first must outlive the
+    # second's start (python + torch import) by a wide margin
+    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=400)
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
     first = subprocess.Popen(cli_args(fasta, models / "esm2", out), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
@@ -224,7 +226,7 @@ def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data
     assert first.wait() == 0, first.stderr.read()
     subprocess.run(cli_args(fasta, models / "esm2", ref), check=True)
     a, b = read_h5(out), read_h5(ref)
-    assert sorted(a) == sorted(b) and len(a) == 150
+    assert sorted(a) == sorted(b) and len(a) == 400
     for rid in a:
         assert np.abs(a[rid]["mean"]).sum() > 0  # no all-zero record
         for k in ("mean", "per_tok"):
