@@ -82,15 +82,12 @@ def test_packed_batches_fill_the_real_token_budget(model):
 
 def test_compile_buckets_token_counts(model, seqs):
     eng = Engine(model, repr_layers=(-1,), toks_per_batch=600, compile=True)
-    try:
-        got = _all(eng, seqs[:4], {"mean"})
-        want = _all(Engine(model, repr_layers=(-1,), toks_per_batch=600), seqs[:4], {"mean"})
-        for p, q in zip(got, want):
-            torch.testing.assert_close(p["mean"], q["mean"], atol=1e-4, rtol=0)
-        assert all(n % 256 == 0 for n in eng._shapes) and eng.compile_s > 0
-    finally:
-        for layer in model.layers:
-            layer._compiled_call_impl = None
+    got = _all(eng, seqs[:4], {"mean"})
+    want = _all(Engine(model, repr_layers=(-1,), toks_per_batch=600), seqs[:4], {"mean"})
+    for p, q in zip(got, want):
+        torch.testing.assert_close(p["mean"], q["mean"], atol=1e-4, rtol=0)
+    assert all(n % 256 == 0 for n in eng._shapes) and eng.compile_s > 0
+    assert all(layer._compiled_call_impl is None for layer in model.layers)  # model left eager
 
 
 def test_resolve_layers_once_on_the_model(model):

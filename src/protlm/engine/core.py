@@ -19,6 +19,7 @@ the function heads' embeddings (protlm.tasks.pooling) and `contacts predict`.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -111,9 +112,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.compile_s = 0.0  # wall time of forwards that compiled a new graph
         self._shapes: set[int] = set()  # packed token counts already compiled
-        if compile:
-            for layer in model.layers:
-                layer.compile()  # per layer: attention over per-sequence bounds stays eager
+        # Per layer (attention over per-sequence bounds stays eager, see protlm.models.varlen),
+        # swapped in only around packed forwards: the caller's model is left as it was.
+        self._compiled = [torch.compile(layer._call_impl) for layer in model.layers] if compile else None
 
     # ---- planning: host only, can run ahead of the device ----
     def spans(self, length: int) -> list[tuple[int, int]]:
@@ -190,7 +191,8 @@ class Engine:
             tokens_N, cu = self._bucket(tokens_N, cu)
         t0 = time.perf_counter()
         new_shape = self.compile and tokens_N.numel() not in self._shapes
-        reps = self.model.forward_packed(tokens_N, cu, self.layers, return_logits=False)["representations"]
+        with _swapped_in(self.model.layers, self._compiled):
+            reps = self.model.forward_packed(tokens_N, cu, self.layers, return_logits=False)["representations"]
         x_LND = torch.stack([reps[k][:N] for k in self.layers]).float()  # dummy tokens dropped
         if new_shape:
             self._shapes.add(tokens_N.numel())
@@ -277,3 +279,19 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
         return x
     buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     return buf.copy_(x, non_blocking=True)
+
+
+@contextmanager
+def _swapped_in(layers, compiled):
+    """Call `compiled[i]` for `layers[i]` inside the block (nn.Module.compile's hook), then undo."""
+    if compiled is None:
+        yield
+        return
+    before = [layer._compiled_call_impl for layer in layers]
+    try:
+        for layer, fn in zip(layers, compiled):
+            layer._compiled_call_impl = fn
+        yield
+    finally:
+        for layer, fn in zip(layers, before):
+            layer._compiled_call_impl = fn
