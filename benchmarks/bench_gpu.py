@@ -53,7 +53,7 @@ def workloads(smoke: bool) -> dict[str, list[str]]:
     import itertools
     import random
 
-    n_mix, n_uni, uni_len, c_len = (24, 4, 371, 200) if smoke else (384, 32, 371, 1022)
+    n_mix, n_uni, uni_len, c_len = (12, 2, 371, 120) if smoke else (384, 32, 371, 1022)
     mix = [r.sequence[:1022] for r in itertools.islice(read_fasta(DATA), n_mix)]
     rng = random.Random(0)
     uniform = ["".join(rng.choice(AA) for _ in range(uni_len)) for _ in range(n_uni)]
