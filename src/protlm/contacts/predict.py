@@ -17,7 +17,7 @@ from protlm.alphabet import Alphabet
 from protlm.contacts.bilinear import BilinearContactHead
 from protlm.engine import Engine
 from protlm.models.esm import ESM
-from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.windows import merge_2d, window_spans
 
 
 def _tokens(alphabet: Alphabet, seq: str, device: torch.device) -> torch.Tensor:
