@@ -259,8 +259,10 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak = matmul_peak(device, dtype)
     print(f"{name}, torch {torch.__version__}, {dtype}; measured matmul peak {peak:.1f} TFLOP/s")
+    t0 = time.perf_counter()
     for family in (["esm2", "esm1b"] if args.family == "both" else [args.family]):
         bench_family(family, args, device, dtype, peak)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s (model building and compilation included)")
 
 
 if __name__ == "__main__":
