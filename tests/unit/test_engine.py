@@ -118,3 +118,24 @@ def test_prefetch_and_writer_keep_order_and_raise():
 
     with pytest.raises(ValueError, match="bad record"):
         list(prefetch(gen()))
+
+
+def test_writer_queue_is_bounded():
+    """A slow writer makes put() wait: at most `depth` items queued, so memory stays flat."""
+    import threading
+
+    release, written = threading.Event(), []
+
+    def slow(i):
+        release.wait(5)
+        written.append(i)
+
+    w = BackgroundWriter(slow, depth=2)
+    t = threading.Thread(target=lambda: [w.put(i) for i in range(10)])
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and w._q.qsize() <= 2  # blocked: one being written, two waiting
+    release.set()
+    t.join(5)
+    w.close()
+    assert written == list(range(10))
