@@ -13,20 +13,21 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 
-from protlm.alphabet import Alphabet, pad_tokens
-from protlm.data.batching import chunked_by_size, token_budget_batches
+from protlm.alphabet import Alphabet
+from protlm.data.batching import chunked_by_size
 from protlm.data.fasta import Record, read_fasta
 from protlm.lock import output_lock
 from protlm.records import changed_records, check_changed, sequence_hash
-from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.engine.core import LONG_MODES as ENGINE_LONG_MODES
+from protlm.engine import BackgroundWriter, Engine, HostBatch, Job, prefetch
 from protlm.dtypes import canonical, cast_parameters_
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
-LONG_MODES = ("truncate", "window", "error")
+LONG_MODES = ENGINE_LONG_MODES
 
 
 class EmbedError(ProtlmError, ValueError):
@@ -37,11 +38,12 @@ class EmbedError(ProtlmError, ValueError):
 class EmbedConfig:
     repr_layers: tuple[int, ...] = (-1,)  # negative counts from the end, as in fair-esm
     include: tuple[str, ...] = ("mean",)
-    toks_per_batch: int = 4096  # padded tokens per forward pass
+    toks_per_batch: int = 4096  # real tokens per packed forward (padded tokens with contacts)
     long: str = "truncate"  # sequences over the model limit: truncate | window | error
     chunk_residues: int = 4_000_000  # residues read into memory (and sorted) at a time
     max_padding: float = 0.05  # close a batch before padding exceeds 5% of its tokens
     unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
+    compile: bool | None = None  # torch.compile the layers; None: on for CUDA, off on CPU
 
     def __post_init__(self):
         bad = [i for i in self.include if i not in INCLUDES]
@@ -89,17 +91,6 @@ class FastaSummary:
         return sum(self.lengths)
 
 
-def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
-    """fair-esm's layer numbering: -1 is the last layer; returns sorted non-negative indices."""
-    out = set()
-    for i in repr_layers:
-        if not -(num_layers + 1) <= i <= num_layers:
-            raise EmbedError(f"repr layer {i} out of range for a {num_layers}-layer model "
-                             f"(valid: {-(num_layers + 1)}..{num_layers})")
-        out.add((i + num_layers + 1) % (num_layers + 1))
-    return sorted(out)
-
-
 def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None,
                hdf5_names: bool = True) -> FastaSummary:
     """Validate every record (FastaError on the first problem) and collect IDs, lengths, hashes.
@@ -129,87 +120,47 @@ def check_lengths(summary: FastaSummary, max_len: int, long: str) -> None:
                              f"limit of {max_len}; use --long truncate or --long window")
 
 
-def _spans(length: int, max_len: int, long: str) -> list[tuple[int, int]]:
-    if length <= max_len:
-        return [(0, length)]
-    if long == "window":
-        return window_spans(length, max_len)
-    if long == "truncate":
-        return [(0, max_len)]  # fair-esm's extract.py keeps the first 1022 residues
-    raise EmbedError(f"sequence of {length} residues is over the limit of {max_len}")
+def make_engine(model, alphabet: Alphabet, cfg: EmbedConfig) -> Engine:
+    """The engine `protlm embed` runs (packed batches unless contacts are asked for)."""
+    compile = cfg.compile
+    if compile is None:  # on for CUDA, off on CPU (measured slower there: docs/performance.md)
+        compile = next(model.parameters()).device.type == "cuda"
+    return Engine(model, alphabet, cfg.repr_layers, toks_per_batch=cfg.toks_per_batch, long=cfg.long,
+                  max_padding=cfg.max_padding, compile=compile)
 
 
-@torch.inference_mode()
-def _forward_pieces(model, alphabet: Alphabet, pieces: list[str], layers: list[int],
-                    want: set[str], need_per_tok: bool) -> list[dict]:
-    """Run one padded batch; per piece: 'mean'/'bos' (N, D), 'per_tok' (N, n, D), 'contacts'."""
-    device = next(model.parameters()).device
-    tokens_BT = pad_tokens([alphabet.encode(p) for p in pieces], alphabet).to(device)
-    out = model(tokens_BT, repr_layers=layers, return_contacts="contacts" in want, return_logits=False)
-    x_BNTD = torch.stack([out["representations"][k] for k in layers], 1).float()
-    lens_B = torch.tensor([len(p) for p in pieces], device=device)
-    T = tokens_BT.shape[1]
-    # residues sit at positions 1..n (BOS at 0, EOS at n+1): the same rows fair-esm averages
-    pos_T = torch.arange(T, device=device)
-    res_BT = ((pos_T >= 1) & (pos_T <= lens_B[:, None])).to(x_BNTD.dtype)
-    mean_BND = (x_BNTD * res_BT[:, None, :, None]).sum(2) / lens_B[:, None, None]
-    mean_BND, bos_BND = mean_BND.cpu(), x_BNTD[:, :, 0].cpu()
-    x_cpu = x_BNTD.cpu() if need_per_tok else None
-    contacts = out["contacts"].float().cpu() if "contacts" in want else None
-    results = []
-    for b, p in enumerate(pieces):
-        n = len(p)
-        r = {"mean": mean_BND[b], "bos": bos_BND[b]}
-        if x_cpu is not None:
-            r["per_tok"] = x_cpu[b, :, 1 : n + 1]
-        if contacts is not None:
-            r["contacts"] = contacts[b, :n, :n]
-        results.append(r)
-    return results
+def _jobs(engine: Engine, fasta, cfg: EmbedConfig, skip, want) -> Iterator[tuple[list[Record], Job]]:
+    """Host work, run ahead of the device: read, sort into batches, tokenise."""
+    records = (r for r in read_fasta(fasta, engine.alphabet, cfg.unknown) if r.id not in skip)
+    pairs = ((r, engine.cost(len(r.sequence))) for r in records)
+    for chunk in chunked_by_size(pairs, lambda rc: rc[1], cfg.chunk_residues):
+        recs = [r for r, _ in chunk]
+        seqs = [r.sequence for r in recs]
+        for batch in engine.batches([len(q) for q in seqs], want):
+            yield [recs[i] for i in batch], engine.plan(seqs, batch, want)
 
 
-def _assemble(rec: Record, spans, parts: list[dict], layers: list[int], want: set[str]) -> EmbedResult:
-    """Combine a record's window outputs; one window (the usual case) passes straight through."""
-    res = EmbedResult(rec.id, rec.description, len(rec.sequence), sequence_hash(rec.sequence))
-    if spans[-1][1] < len(rec.sequence):
-        res.truncated_from = len(rec.sequence)
-    if len(parts) == 1:
-        p = parts[0]
-        mean, bos, per_tok, contacts = p["mean"], p["bos"], p.get("per_tok"), p.get("contacts")
-    else:
-        L = spans[-1][1]
-        # (n, N, D) pieces averaged over overlaps, then back to (N, L, D)
-        per_tok = merge_1d([p["per_tok"].transpose(0, 1) for p in parts], spans, L).transpose(0, 1)
-        mean = per_tok.mean(1)  # over the whole sequence, not a mean of window means
-        bos = torch.stack([p["bos"] for p in parts]).mean(0)
-        contacts = merge_2d([p["contacts"] for p in parts], spans, L) if "contacts" in want else None
-    if "mean" in want:
-        res.mean = {k: mean[j].clone() for j, k in enumerate(layers)}
-    if "bos" in want:
-        res.bos = {k: bos[j].clone() for j, k in enumerate(layers)}
-    if "per_tok" in want:
-        res.per_tok = {k: per_tok[j].clone() for j, k in enumerate(layers)}
-    if "contacts" in want:
-        res.contacts = contacts.clone()
-    return res
+def _pending(engine: Engine, fasta, cfg: EmbedConfig, skip) -> Iterator[tuple[list[Record], HostBatch]]:
+    """Device work: one forward per planned batch; host copies may still be in flight."""
+    want = frozenset(cfg.include)
+    for recs, job in prefetch(_jobs(engine, fasta, cfg, skip, want), depth=2):
+        yield recs, engine.forward(job, want)
 
 
-def _run_batch(model, alphabet, records: list[Record], cfg: EmbedConfig, layers) -> list[EmbedResult]:
-    max_len = model.config.max_sequence_length
-    want = set(cfg.include)
-    spans = [_spans(len(r.sequence), max_len, cfg.long) for r in records]
-    pieces = [(i, r.sequence[s:e]) for i, r in enumerate(records) for s, e in spans[i]]
-    need_per_tok = "per_tok" in want or any(len(s) > 1 for s in spans)
-    # A windowed record can be longer than the budget: split its windows into sub-batches.
-    per_sub = max(1, cfg.toks_per_batch // (max(len(p) for _, p in pieces) + 2))
-    outs: list[dict] = []
-    for k in range(0, len(pieces), per_sub):
-        chunk = [p for _, p in pieces[k : k + per_sub]]
-        outs += _forward_pieces(model, alphabet, chunk, layers, want, need_per_tok)
-    by_rec: list[list[dict]] = [[] for _ in records]
-    for (i, _), o in zip(pieces, outs):
-        by_rec[i].append(o)
-    return [_assemble(r, spans[i], by_rec[i], layers, want) for i, r in enumerate(records)]
+def _results(recs: list[Record], pending: HostBatch, layers: list[int], include) -> list[EmbedResult]:
+    """Per-record results of a finished batch (waits for its host copy)."""
+    out = []
+    for rec, spans, r in zip(recs, pending.job.spans, pending.records()):
+        res = EmbedResult(rec.id, rec.description, len(rec.sequence), sequence_hash(rec.sequence))
+        if spans[-1][1] < len(rec.sequence):
+            res.truncated_from = len(rec.sequence)
+        for k in ("mean", "bos", "per_tok"):
+            if k in include:
+                setattr(res, k, {layer: r[k][j].clone() for j, layer in enumerate(layers)})
+        if "contacts" in r:
+            res.contacts = r["contacts"].clone()
+        out.append(res)
+    return out
 
 
 def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = EmbedConfig(),
@@ -219,18 +170,9 @@ def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConf
     The model must be in eval mode on its device; records whose ID is in `skip` are not
     computed (resume). Only `cfg.chunk_residues` residues of sequence are held at a time.
     """
-    layers = resolve_layers(cfg.repr_layers, model.num_layers)
-    max_len = model.config.max_sequence_length
-    records = (r for r in read_fasta(fasta, alphabet, cfg.unknown) if r.id not in skip)
-
-    def cost(r: Record) -> int:
-        return sum(e - s + 2 for s, e in _spans(len(r.sequence), max_len, cfg.long))
-
-    pairs = ((r, cost(r)) for r in records)
-    for chunk in chunked_by_size(pairs, lambda rc: rc[1], cfg.chunk_residues):
-        recs = [r for r, _ in chunk]
-        for batch in token_budget_batches([c for _, c in chunk], cfg.toks_per_batch, cfg.max_padding):
-            yield _run_batch(model, alphabet, [recs[i] for i in batch], cfg, layers)
+    engine = make_engine(model, alphabet, cfg)
+    for recs, pending in _pending(engine, fasta, cfg, skip):
+        yield _results(recs, pending, engine.layers, cfg.include)
 
 
 def extract(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConfig = EmbedConfig(),
@@ -277,7 +219,7 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
         model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
         check_lengths(summary, model.config.max_sequence_length, cfg.long)
-        layers = resolve_layers(cfg.repr_layers, model.num_layers)
+        layers = model.resolve_layers(cfg.repr_layers)
         meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
                 "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
         out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
@@ -293,13 +235,21 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
             return stats
         out.begin()
         bar = _progress_bar(len(todo), progress)
+        engine = make_engine(model, alphabet, cfg)
         t0 = time.perf_counter()
-        for batch in extract_batches(model, alphabet, fasta, cfg, skip=done):
+
+        def write(item):  # in the writer thread: wait for the host copy, merge, write
+            batch = _results(*item, engine.layers, cfg.include)
             out.write_batch(batch)
             stats["written"] += len(batch)
             bar.update(len(batch))
             bar.tokens += sum(r.length for r in batch)
-            bar.set_postfix_str(f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s")
+            rate = f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s"
+            bar.set_postfix_str(rate + (f", compile {engine.compile_s:.1f}s" if engine.compile else ""))
+
+        with BackgroundWriter(write, depth=4) as writer:
+            for item in _pending(engine, fasta, cfg, done):
+                writer.put(item)
         bar.close()
         out.write_index()
         out.finish()

@@ -206,9 +206,26 @@ def test_second_writer_is_refused_at_start(tmp_path, shared_data, models, hold_i
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
 
 
+_WAIT_THEN_RUN = """
+import os, sys, time
+import protlm.cli.main as cli, protlm.embed  # noqa: F401 - imported before the race
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.005)
+sys.argv = ["protlm", *sys.argv[2:]]
+cli.main()
+"""
+
+
 def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data, models):
-    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=150)
-    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    # The second run is started (python, torch and protlm imported) before the first, and only
+    # waits for a go file: the race is between a ~400-record run and a lock check, not process start.
+    fasta = beta_lactamase_fasta(shared_data, tmp_path / "bl.fasta", n=400)
+    ref, out, go = tmp_path / "ref.h5", tmp_path / "out.h5", tmp_path / "go"
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", _WAIT_THEN_RUN, str(go), *cli_args(fasta, models / "esm2", out)[3:]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert waiting.stdout.readline().strip() == "ready"
     first = subprocess.Popen(cli_args(fasta, models / "esm2", out), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "out.h5.parts"
@@ -216,7 +233,9 @@ def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data
     while not list(parts.glob("shard-*.h5")):  # the first one is writing
         assert first.poll() is None and time.monotonic() - t0 < 120
         time.sleep(0.01)
-    second = subprocess.run(cli_args(fasta, models / "esm2", out), capture_output=True, text=True)
+    go.touch()
+    out_, err_ = waiting.communicate(timeout=120)
+    second = subprocess.CompletedProcess(waiting.args, waiting.returncode, out_, err_)
     assert first.poll() is None, (f"the first run ended (status {first.returncode}) before the second "
                                   f"one was refused: {first.stderr.read()}")
     assert second.returncode == 1 and "Traceback" not in second.stderr
@@ -224,7 +243,7 @@ def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data
     assert first.wait() == 0, first.stderr.read()
     subprocess.run(cli_args(fasta, models / "esm2", ref), check=True)
     a, b = read_h5(out), read_h5(ref)
-    assert sorted(a) == sorted(b) and len(a) == 150
+    assert sorted(a) == sorted(b) and len(a) == 400
     for rid in a:
         assert np.abs(a[rid]["mean"]).sum() > 0  # no all-zero record
         for k in ("mean", "per_tok"):

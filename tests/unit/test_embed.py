@@ -10,7 +10,7 @@ import torch
 from protlm import build_model
 from protlm.data.fasta import load_fasta, write_fasta
 from protlm.embed import (EmbedConfig, EmbedError, check_lengths, extract, prepare_model,
-                          resolve_layers, scan_fasta)
+                          scan_fasta)
 from protlm.models.layers import init_weights
 from protlm.pretrained.registry import DEBUG_CONFIGS
 from protlm.windows import merge_1d, merge_2d, window_spans
@@ -155,10 +155,13 @@ def test_scan_fasta_keeps_ids_and_lengths_only(few, tmp_path):
 
 
 def test_resolve_layers():
+    from protlm.errors import InputError
+    from protlm.models.esm import resolve_layers
+
     assert resolve_layers([-1, 0, 2, 2], 2) == [0, 2]
-    with pytest.raises(EmbedError, match="repr layer 3 out of range"):
+    with pytest.raises(InputError, match="repr layer 3 out of range"):
         resolve_layers([3], 2)
-    with pytest.raises(EmbedError, match="repr layer -4"):
+    with pytest.raises(InputError, match="repr layer -4"):
         resolve_layers([-4], 2)
 
 
@@ -186,3 +189,30 @@ def test_cuda_unavailable_is_a_clear_error(monkeypatch):
         prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cuda")
     with pytest.raises(EmbedError, match="--dtype"):
         prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cpu", "fp8")
+
+
+@pytest.mark.parametrize("family", ["esm1b_debug", "esm2_debug"])
+@pytest.mark.parametrize("long", ["truncate", "window"])
+def test_packed_embed_equals_the_padded_path(some, family, long):
+    """Without contacts embed runs packed; with them, padded: mean/per_tok/bos agree to 1e-5."""
+    model = realistic(dataclasses.replace(DEBUG_CONFIGS[family], max_positions=302))  # 300 residues
+    cfg = EmbedConfig(repr_layers=(0, -1), include=("mean", "per_tok", "bos"), long=long, toks_per_batch=1500)
+    packed = {r.id: r for r in extract(model, model.alphabet, some, cfg)}
+    padded = {r.id: r for r in extract(model, model.alphabet, some,
+                                       dataclasses.replace(cfg, include=ALL))}
+    assert packed.keys() == padded.keys() and any(r.length > 300 for r in packed.values())
+    for rid, a in packed.items():
+        assert a.contacts is None and a.truncated_from == padded[rid].truncated_from
+        for name in ("mean", "per_tok", "bos"):
+            for k in (0, 2):
+                torch.testing.assert_close(getattr(a, name)[k], getattr(padded[rid], name)[k], atol=1e-5, rtol=0)
+
+
+def test_compiled_embed_equals_eager(some):
+    model = realistic(DEBUG_CONFIGS["esm2_debug"])
+    cfg = EmbedConfig(include=("mean",), toks_per_batch=2048)
+    eager = {r.id: r.mean[2] for r in extract(model, model.alphabet, some, cfg)}
+    compiled = {r.id: r.mean[2] for r in extract(model, model.alphabet, some,
+                                                 dataclasses.replace(cfg, compile=True))}
+    for rid in eager:
+        torch.testing.assert_close(compiled[rid], eager[rid], atol=1e-4, rtol=0)

@@ -54,17 +54,22 @@ class _MultiValueCommand(click.Command):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the model (token counts bucketed to multiples of 256, so a run "
+              "builds a few graphs; compile time shows in the progress bar); default: on for CUDA, "
+              "off on CPU")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--overwrite-changed", is_flag=True,
               help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 @unknown_to_x
 def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, progress, overwrite_changed, unknown_to_x):
+            fmt, compile_, progress, overwrite_changed, unknown_to_x):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
     from protlm.embed import EmbedConfig, embed_to_file
 
     include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
-    cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x))
+    cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x),
+                      compile=compile_)
     stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress,
                           overwrite_changed=overwrite_changed)
     changed = f" ({stats['recomputed']} changed, recomputed)" if stats["recomputed"] else ""

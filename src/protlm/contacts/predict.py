@@ -15,8 +15,9 @@ import torch
 
 from protlm.alphabet import Alphabet
 from protlm.contacts.bilinear import BilinearContactHead
+from protlm.engine import Engine
 from protlm.models.esm import ESM
-from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.windows import merge_2d, window_spans
 
 
 def _tokens(alphabet: Alphabet, seq: str, device: torch.device) -> torch.Tensor:
@@ -40,13 +41,11 @@ def _merge_channels(parts: list[torch.Tensor], spans, length: int) -> torch.Tens
     return torch.stack([merge_2d([p[x] for p in parts], spans, length) for x in range(parts[0].shape[0])])
 
 
-@torch.no_grad()
 def attention_contacts(model: ESM, alphabet: Alphabet, seq: str, window: int | None = None) -> np.ndarray:
     """(L, L) contact probabilities from the model's attention contact head."""
-    def run(s: str) -> torch.Tensor:
-        return model(_tokens(alphabet, s, _device(model)), return_contacts=True,
-                     return_logits=False)["contacts"][0].float().cpu()
-    return _windowed(model, seq, window, run, merge_2d).numpy()
+    engine = Engine(model, alphabet, long="window", window=window)
+    [(_, [r])] = engine.run([seq], {"contacts"})
+    return r["contacts"].numpy()
 
 
 @torch.no_grad()
@@ -60,14 +59,12 @@ def attention_features(model: ESM, alphabet: Alphabet, seq: str, window: int | N
     return _windowed(model, seq, window, run, _merge_channels)
 
 
-@torch.no_grad()
 def representations(model: ESM, alphabet: Alphabet, seq: str, layer: int = -1,
                     window: int | None = None) -> torch.Tensor:
-    """(L, D) residue representations of `layer` (BOS/EOS stripped)."""
-    def run(s: str) -> torch.Tensor:
-        out = model(_tokens(alphabet, s, _device(model)), repr_layers=[layer], return_logits=False)
-        return next(iter(out["representations"].values()))[0, 1 : len(s) + 1].float().cpu()
-    return _windowed(model, seq, window, run, merge_1d)
+    """(L, D) residue representations of `layer` (BOS/EOS stripped), packed forward."""
+    engine = Engine(model, alphabet, [layer], long="window", window=window)
+    [(_, [r])] = engine.run([seq], {"per_tok"})
+    return r["per_tok"][0]
 
 
 @torch.no_grad()

@@ -47,6 +47,29 @@ def token_budget_batches(costs: Sequence[int], toks_per_batch: int,
     return batches
 
 
+def packed_batches(costs: Sequence[int], toks_per_batch: int) -> list[list[int]]:
+    """Group item indices, shortest first, so each packed batch's real token count fits the budget.
+
+    A packed batch holds no padding, so its cost is the plain sum of its items' token counts
+    (residues + BOS/EOS per piece). Sorting still helps: similar lengths give per-sequence
+    attention kernels even work. An item over the whole budget gets a batch of its own.
+    """
+    if toks_per_batch <= 0:
+        raise InputError(f"toks_per_batch must be positive, got {toks_per_batch}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in sorted(range(len(costs)), key=lambda i: costs[i]):
+        if current and total + costs[i] > toks_per_batch:
+            batches.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += costs[i]
+    if current:
+        batches.append(current)
+    return batches
+
+
 def chunked_by_size(items: Iterable[T], size: Callable[[T], int], max_size: int) -> Iterator[list[T]]:
     """Stream `items` in consecutive chunks whose summed size is about `max_size`.
 

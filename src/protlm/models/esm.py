@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from protlm.alphabet import Alphabet
+from protlm.errors import InputError
 from protlm.models.config import ESMConfig
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
@@ -123,7 +124,7 @@ class ESM(nn.Module):
             return self.forward_packed(tokens, cu_seqlens, repr_layers, return_logits, logits_at)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
-        repr_layers = {self._layer_index(i) for i in repr_layers}
+        repr_layers = set(self.resolve_layers(repr_layers))
         padding_mask = tokens.eq(self.padding_idx)
         x = self.embed(tokens)
 
@@ -188,7 +189,7 @@ class ESM(nn.Module):
         backend = select_backend(tokens.device, self._compute_dtype(tokens.device),
                                  self._attention_dropout(), attention_backend)
         packing = Packing.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), backend)
-        repr_layers = {self._layer_index(i) for i in repr_layers}
+        repr_layers = set(self.resolve_layers(repr_layers))
         x = self.embed_packed(tokens, packing)
 
         reps = {0: x} if 0 in repr_layers else {}
@@ -215,14 +216,25 @@ class ESM(nn.Module):
     def _attention_dropout(self) -> float:
         return self.config.attention_dropout if self.training else 0.0
 
-    def _layer_index(self, i: int) -> int:
-        n = self.num_layers
-        if not -(n + 1) <= i <= n:
-            raise ValueError(f"repr layer {i} out of range for a {n}-layer model")
-        return (i + n + 1) % (n + 1)
+    def resolve_layers(self, repr_layers: Iterable[int]) -> list[int]:
+        """fair-esm's layer numbering -> sorted distinct indices: 0 = embeddings, -1 = the last.
+
+        The one place layer numbers are checked (InputError, a ValueError, when out of range).
+        """
+        return resolve_layers(repr_layers, self.num_layers)
 
     def predict_contacts(self, tokens: torch.Tensor) -> torch.Tensor:
         return self(tokens, return_contacts=True)["contacts"]
+
+
+def resolve_layers(repr_layers: Iterable[int], num_layers: int) -> list[int]:
+    """`ESM.resolve_layers` for a model of `num_layers` layers (negatives count from the end)."""
+    n, out = num_layers, set()
+    for i in repr_layers:
+        if not -(n + 1) <= i <= n:
+            raise InputError(f"repr layer {i} out of range for a {n}-layer model (valid: {-(n + 1)}..{n})")
+        out.add((i + n + 1) % (n + 1))
+    return sorted(out)
 
 
 class ESM1b(ESM):

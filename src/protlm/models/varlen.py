@@ -59,6 +59,7 @@ def unusable_reason(backend: str, device: torch.device, dtype: torch.dtype, drop
     return None
 
 
+@torch.compiler.disable  # host-side choice: under torch.compile it stays out of the graph
 def select_backend(device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0,
                    requested: str | None = None) -> str:
     """The kernel `varlen_attention` runs for inputs on `device` in `dtype`.

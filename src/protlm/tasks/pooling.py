@@ -11,8 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from protlm.alphabet import Alphabet, pad_tokens
-from protlm.data.batching import token_budget_batches
+from protlm.alphabet import Alphabet
 from protlm.errors import InputError
 
 POOLINGS = ("mean", "bos", "max")
@@ -51,33 +50,30 @@ def pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor, how: str = "mean") -> tor
 
 def resolve_layer(layer: int, num_layers: int) -> int:
     """fair-esm numbering: 0 = embeddings, num_layers = last; negatives count from the end."""
-    if not -(num_layers + 1) <= layer <= num_layers:
-        raise InputError(f"layer {layer} out of range for a {num_layers}-layer model")
-    return (layer + num_layers + 1) % (num_layers + 1)
+    from protlm.models.esm import resolve_layers
+
+    return resolve_layers([layer], num_layers)[0]
 
 
-@torch.inference_mode()
 def embed_sequences(model, alphabet: Alphabet, seqs: Sequence[str], layer: int = -1,
                     pooling: str = "mean", toks_per_batch: int = 4096,
                     progress: bool = False) -> np.ndarray:
-    """(N, D) float32 pooled vectors, in input order; length-sorted token-budget batches.
+    """(N, D) float32 pooled vectors, in input order; packed token-budget batches (protlm.engine).
 
     Sequences over the model's limit are truncated to their first `max_sequence_length`
     residues, as fair-esm's extract.py does (the function heads see whole-protein summaries).
     """
     from tqdm import tqdm
 
+    from protlm.engine import Engine
+
     if pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    k = resolve_layer(layer, model.num_layers)
-    max_len = model.config.max_sequence_length
-    seqs = [s[:max_len] for s in seqs]
-    device = next(model.parameters()).device
+    engine = Engine(model, alphabet, [layer], toks_per_batch=toks_per_batch, long="truncate")
     out = np.zeros((len(seqs), model.config.embed_dim), dtype=np.float32)
-    batches = token_budget_batches([len(s) + 2 for s in seqs], toks_per_batch, max_padding=0.05)
-    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
-        tokens_BT = pad_tokens([alphabet.encode(seqs[i]) for i in batch], alphabet).to(device)
-        reps = model(tokens_BT, repr_layers=[k], return_logits=False)["representations"]
-        lens_B = torch.tensor([len(seqs[i]) for i in batch], device=device)
-        out[batch] = pool(reps[k].float(), lens_B, pooling).cpu().numpy()
+    bar = tqdm(total=len(seqs), desc="embed", unit="seq", disable=not progress)
+    for batch, recs in engine.run(seqs, {pooling}):
+        out[batch] = torch.stack([r[pooling][0] for r in recs]).numpy()
+        bar.update(len(batch))
+    bar.close()
     return out

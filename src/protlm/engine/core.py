@@ -1,0 +1,300 @@
+"""The inference engine: batches of sequences through an ESM model, pooled per record.
+
+Every command that runs a model over many sequences goes through `Engine`: `protlm embed`,
+the function heads' embeddings (protlm.tasks.pooling) and `contacts predict`.
+
+- Embeddings run PACKED (protlm.models.packing): sequences concatenated with no padding, so
+  the token budget counts real tokens only. Contacts need the attention maps, which only the
+  padded forward makes: a request with contacts runs padded batches (closed before padding
+  exceeds `max_padding`), reduced layer by layer inside `ESM.forward`.
+- Proteins over the model's limit are cut into overlapping windows (protlm.windows) or
+  truncated; window outputs are merged per residue (and per residue pair for contacts).
+- Pooling: mean over residues (BOS/EOS excluded, as fair-esm), BOS, max, per token.
+- `compile=True` compiles each transformer layer; packed batches are padded with one dummy
+  sequence to a multiple of `COMPILE_BUCKET` tokens so a long run builds a handful of graphs.
+- `forward` returns a `HostBatch` whose host copy may still be in flight (CUDA: pinned memory,
+  non-blocking): `HostBatch.records()` waits for it, so a writer thread can do the waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from protlm.alphabet import Alphabet, pad_tokens
+from protlm.data.batching import packed_batches, token_budget_batches
+from protlm.errors import InputError
+from protlm.windows import merge_1d, merge_2d, window_spans
+
+OUTPUTS = ("mean", "bos", "max", "per_tok", "contacts")
+LONG_MODES = ("truncate", "window", "error")
+COMPILE_BUCKET = 256  # packed token counts are rounded up to a multiple of this when compiling
+
+
+@dataclass
+class Job:
+    """One batch of records, tokenised (on the host) and split into forwards within the budget.
+
+    pieces: (record index in the batch, start, end) per window; forwards: per forward pass, the
+    piece indices it runs and its tokens: packed (N,) with `cu_seqlens`, or padded (B, T).
+    """
+
+    records: list[int]  # indices into the caller's sequence list
+    spans: list[list[tuple[int, int]]]  # per record: the residue spans it is run as
+    lengths: list[int]  # residues per record
+    pieces: list[tuple[int, int, int]]
+    forwards: list[tuple[list[int], torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+
+
+@dataclass
+class HostBatch:
+    """A job's outputs on the host. `records()` waits for the copy and merges windows."""
+
+    job: Job
+    want: frozenset[str]
+    parts: list[dict]  # per forward: host tensors (see Engine._outputs)
+    event: object | None = None  # a CUDA event recorded after the copies
+
+    def records(self) -> list[dict]:
+        """Per record: {'mean'|'bos'|'max': (nl, D), 'per_tok': (nl, L, D), 'contacts': (L, L)}."""
+        if self.event is not None:
+            self.event.synchronize()
+        per_piece: list[dict] = [{} for _ in self.job.pieces]
+        for (idx, _, _), host in zip(self.job.forwards, self.parts):
+            for j, p in enumerate(idx):
+                per_piece[p] = {k: v[j] for k, v in host.items()}
+        by_rec: list[list[dict]] = [[] for _ in self.job.records]
+        for (r, _, _), out in zip(self.job.pieces, per_piece):
+            by_rec[r].append(out)
+        return [_merge(parts, spans, self.want) for parts, spans in zip(by_rec, self.job.spans)]
+
+
+def _merge(parts: list[dict], spans, want) -> dict:
+    """One record's outputs from its window outputs; a single window passes straight through."""
+    if len(parts) == 1:
+        return {k: v for k, v in parts[0].items() if k in want}
+    L = spans[-1][1]
+    # (n, nl, D) pieces averaged over overlaps, then back to (nl, L, D)
+    per_tok = merge_1d([p["per_tok"].transpose(0, 1) for p in parts], spans, L).transpose(0, 1)
+    # pools over the whole sequence, not means of window pools (BOS: the windows' mean)
+    out = {"per_tok": per_tok, "mean": per_tok.mean(1), "max": per_tok.amax(1)}
+    if "bos" in want:
+        out["bos"] = torch.stack([p["bos"] for p in parts]).mean(0)
+    if "contacts" in want:
+        out["contacts"] = merge_2d([p["contacts"] for p in parts], spans, L)
+    return {k: v for k, v in out.items() if k in want}
+
+
+class Engine:
+    """Runs sequences through `model` (eval mode, on its device) in token-budget batches.
+
+    repr_layers: fair-esm numbering (resolved by `ESM.resolve_layers`); toks_per_batch: real
+    tokens per packed forward (padded tokens when contacts are asked for); long: 'truncate' |
+    'window' | 'error' for sequences over `window` residues (default the model's limit).
+    """
+
+    def __init__(self, model, alphabet: Alphabet | None = None, repr_layers: Sequence[int] = (-1,), *,
+                 toks_per_batch: int = 4096, long: str = "truncate", window: int | None = None,
+                 max_padding: float = 0.05, compile: bool = False, packed: bool = True):
+        if long not in LONG_MODES:
+            raise InputError(f"long must be one of {LONG_MODES}, got {long!r}")
+        if toks_per_batch <= 0:
+            raise InputError(f"toks_per_batch must be positive, got {toks_per_batch}")
+        self.model, self.alphabet = model, alphabet or model.alphabet
+        self.layers = model.resolve_layers(repr_layers)
+        self.toks_per_batch, self.long, self.max_padding = toks_per_batch, long, max_padding
+        self.window = window or model.config.max_sequence_length
+        self.packed, self.compile = packed, compile
+        self.device = next(model.parameters()).device
+        self.compile_s = 0.0  # wall time of forwards that compiled a new graph
+        self._shapes: set[int] = set()  # packed token counts already compiled
+        # Per layer (attention over per-sequence bounds stays eager, see protlm.models.varlen),
+        # swapped in only around packed forwards: the caller's model is left as it was.
+        # dynamic=True: one graph per frame from the start (measured on CPU: 20 s of compilation
+        # instead of 34 s for a static graph then a dynamic one, same speed after); token counts
+        # bucketed to COMPILE_BUCKET still keep every shape a multiple of 256 for the kernels.
+        self._compiled = [torch.compile(layer._call_impl, dynamic=True) for layer in model.layers] if compile else None
+
+    # ---- planning: host only, can run ahead of the device ----
+    def spans(self, length: int) -> list[tuple[int, int]]:
+        """The [start, end) residue spans a sequence of `length` residues is run as."""
+        if length <= self.window:
+            return [(0, length)]
+        if self.long == "window":
+            return window_spans(length, self.window)
+        if self.long == "truncate":
+            return [(0, self.window)]  # fair-esm's extract.py keeps the first 1022 residues
+        raise InputError(f"sequence of {length} residues is over the limit of {self.window}")
+
+    def cost(self, length: int) -> int:
+        """Tokens a sequence costs (residues + BOS/EOS per window)."""
+        return sum(e - s + 2 for s, e in self.spans(length))
+
+    def batches(self, lengths: Sequence[int], want) -> list[list[int]]:
+        """Record indices grouped into batches, shortest first (packed or padded budget)."""
+        costs = [self.cost(n) for n in lengths]
+        if self._is_packed(want):
+            return packed_batches(costs, self.toks_per_batch)
+        return token_budget_batches(costs, self.toks_per_batch, self.max_padding)
+
+    def _is_packed(self, want) -> bool:
+        return self.packed and "contacts" not in want
+
+    def plan(self, seqs: Sequence[str], records: Sequence[int], want) -> Job:
+        """Tokenise one batch of records (`seqs[i]` for i in records) into forwards."""
+        spans = [self.spans(len(seqs[i])) for i in records]
+        job = Job(list(records), spans, [len(seqs[i]) for i in records],
+                  [(r, s, e) for r, sp in enumerate(spans) for s, e in sp])
+        enc = [self.alphabet.encode(seqs[records[r]][s:e]) for r, s, e in job.pieces]
+        budget, group, used = self.toks_per_batch, [], 0
+        longest = 0
+        for p, e in enumerate(enc):
+            n = len(e) + 2
+            padded = (len(group) + 1) * max(longest, n)
+            over = (used + n if self._is_packed(want) else padded) > budget
+            if group and over:
+                job.forwards.append(self._tokens(group, enc, want))
+                group, used, longest = [], 0, 0
+            group.append(p)
+            used, longest = used + n, max(longest, n)
+        job.forwards.append(self._tokens(group, enc, want))
+        return job
+
+    def _tokens(self, group: list[int], enc: list[list[int]], want):
+        if not self._is_packed(want):
+            return group, pad_tokens([enc[p] for p in group], self.alphabet), None
+        a = self.alphabet
+        toks = [a.cls_idx, *(t for p in group for t in (*enc[p], a.eos_idx, a.cls_idx))][:-1]
+        lengths = torch.tensor([len(enc[p]) + 2 for p in group])
+        cu = torch.zeros(len(group) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lengths, 0)
+        return group, torch.tensor(toks, dtype=torch.long), cu
+
+    # ---- the device work ----
+    @torch.no_grad()  # not inference_mode: callers may train on the outputs (bilinear contact head)
+    def forward(self, job: Job, want) -> HostBatch:
+        """Run a planned job; the returned batch's host copies may still be in flight."""
+        want = frozenset(want) | ({"per_tok"} if any(len(s) > 1 for s in job.spans) else set())
+        parts = [self._forward_packed(t, cu, want) if cu is not None else self._forward_padded(t, want)
+                 for _, t, cu in job.forwards]
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return HostBatch(job, want, parts, event)
+
+    def _forward_packed(self, tokens_N: torch.Tensor, cu: torch.Tensor, want) -> dict:
+        N, B = tokens_N.numel(), cu.numel() - 1
+        tokens_N, cu = tokens_N.to(self.device, non_blocking=True), cu.to(self.device, non_blocking=True)
+        if self.compile:
+            tokens_N, cu = self._bucket(tokens_N, cu)
+        t0 = time.perf_counter()
+        new_shape = self.compile and tokens_N.numel() not in self._shapes
+        with _swapped_in(self.model.layers, self._compiled):
+            reps = self.model.forward_packed(tokens_N, cu, self.layers, return_logits=False)["representations"]
+        x_LND = torch.stack([reps[k][:N] for k in self.layers]).float()  # dummy tokens dropped
+        if new_shape:
+            self._shapes.add(tokens_N.numel())
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.compile_s += time.perf_counter() - t0
+        cu = cu[: B + 1].long()
+        n_B = torch.diff(cu) - 2  # residues per piece
+        seq_N = torch.repeat_interleave(torch.arange(B, device=self.device), n_B + 2, output_size=N)
+        pos_N = torch.arange(N, device=self.device) - cu[seq_N]
+        res_N = (pos_N >= 1) & (pos_N <= n_B[seq_N])  # residues sit at 1..n, BOS 0, EOS n+1
+        x_res, seq_res = x_LND[:, res_N], seq_N[res_N]
+        nl, D = x_LND.shape[0], x_LND.shape[2]
+        out = {}
+        if "mean" in want:
+            s = x_LND.new_zeros(nl, B, D).index_add_(1, seq_res, x_res)
+            out["mean"] = (s / n_B[None, :, None]).transpose(0, 1)  # (B, nl, D)
+        if "max" in want:
+            m = x_LND.new_full((nl, B, D), float("-inf"))
+            m.scatter_reduce_(1, seq_res[None, :, None].expand_as(x_res), x_res, "amax")
+            out["max"] = m.transpose(0, 1)
+        if "bos" in want:
+            out["bos"] = x_LND[:, cu[:-1]].transpose(0, 1)
+        host = {k: _to_host(v) for k, v in out.items()}
+        if "per_tok" in want:
+            x_host = _to_host(x_LND)
+            bounds = cu.tolist()
+            host["per_tok"] = [x_host[:, s + 1 : e - 1] for s, e in zip(bounds[:-1], bounds[1:])]
+        return host
+
+    def _forward_padded(self, tokens_BT: torch.Tensor, want) -> dict:
+        tokens_BT = tokens_BT.to(self.device, non_blocking=True)
+        out = self.model(tokens_BT, repr_layers=self.layers, return_contacts="contacts" in want,
+                         return_logits=False)
+        x_BLTD = torch.stack([out["representations"][k] for k in self.layers], 1).float()
+        n_B = tokens_BT.ne(self.alphabet.padding_idx).sum(1) - 2
+        pos_T = torch.arange(tokens_BT.shape[1], device=self.device)
+        res_BT = (pos_T >= 1) & (pos_T <= n_B[:, None])
+        host = {}
+        if "mean" in want:
+            host["mean"] = (x_BLTD * res_BT[:, None, :, None]).sum(2) / n_B[:, None, None]
+        if "max" in want:
+            host["max"] = x_BLTD.masked_fill(~res_BT[:, None, :, None], float("-inf")).amax(2)
+        if "bos" in want:
+            host["bos"] = x_BLTD[:, :, 0]
+        host = {k: _to_host(v) for k, v in host.items()}
+        n = n_B.tolist()
+        if "per_tok" in want:
+            x_host = _to_host(x_BLTD)
+            host["per_tok"] = [x_host[b, :, 1 : n[b] + 1] for b in range(len(n))]
+        if "contacts" in want:
+            c = _to_host(out["contacts"].float())
+            host["contacts"] = [c[b, : n[b], : n[b]] for b in range(len(n))]
+        return host
+
+    def _bucket(self, tokens_N: torch.Tensor, cu: torch.Tensor):
+        """Pad a packed batch with one dummy sequence up to a multiple of COMPILE_BUCKET tokens."""
+        N = tokens_N.numel()
+        extra = -N % COMPILE_BUCKET
+        if extra == 0:
+            return tokens_N, cu
+        # <cls> tokens: never padding (forward_packed refuses it); the dummy attends only to itself
+        dummy = tokens_N.new_full((extra,), self.alphabet.cls_idx)
+        return torch.cat([tokens_N, dummy]), torch.cat([cu, cu.new_tensor([N + extra])])
+
+    # ---- whole runs ----
+    def run(self, seqs: Sequence[str], want) -> Iterator[tuple[list[int], list[dict]]]:
+        """Yield (sequence indices, per-record outputs) batch by batch, shortest first."""
+        want = frozenset(want)
+        for batch in self.batches([len(s) for s in seqs], want):
+            yield batch, self.forward(self.plan(seqs, batch, want), want).records()
+
+    def pooled(self, seqs: Sequence[str], how: str = "mean") -> torch.Tensor:
+        """(len(seqs), layers, D) float32 pooled vectors, in input order."""
+        out = torch.zeros(len(seqs), len(self.layers), self.model.config.embed_dim)
+        for batch, recs in self.run(seqs, {how}):
+            out[batch] = torch.stack([r[how] for r in recs])
+        return out
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """A host copy of a device tensor: pinned and non-blocking on CUDA (wait on an event)."""
+    if x.device.type != "cuda":
+        return x
+    buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return buf.copy_(x, non_blocking=True)
+
+
+@contextmanager
+def _swapped_in(layers, compiled):
+    """Call `compiled[i]` for `layers[i]` inside the block (nn.Module.compile's hook), then undo."""
+    if compiled is None:
+        yield
+        return
+    before = [layer._compiled_call_impl for layer in layers]
+    try:
+        for layer, fn in zip(layers, compiled):
+            layer._compiled_call_impl = fn
+        yield
+    finally:
+        for layer, fn in zip(layers, before):
+            layer._compiled_call_impl = fn

@@ -1,0 +1,141 @@
+"""protlm.engine: packed batches give the padded path's numbers (CPU, fp32), windows included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protlm import build_model
+from protlm.data.fasta import load_fasta
+from protlm.engine import BackgroundWriter, Engine, prefetch
+from protlm.errors import InputError
+from protlm.models.layers import init_weights
+from protlm.pretrained.registry import DEBUG_CONFIGS
+
+TOL = 1e-5
+WANT = {"mean", "bos", "max", "per_tok"}
+
+
+@pytest.fixture(params=["esm1b_debug", "esm2_debug"])
+def model(request):
+    torch.manual_seed(0)
+    m = build_model(DEBUG_CONFIGS[request.param])
+    init_weights(m)  # realistic magnitudes, so 1e-5 means something
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def seqs(shared_data):
+    recs = load_fasta(shared_data / "sequences" / "some_proteins.fasta")
+    return [r.sequence for r in recs][:8] + ["M", "MKV"]
+
+
+def _all(engine, seqs, want):
+    out = [None] * len(seqs)
+    for batch, recs in engine.run(seqs, want):
+        for i, r in zip(batch, recs):
+            out[i] = r
+    return out
+
+
+@pytest.mark.parametrize("long,window", [("truncate", None), ("window", 150)])
+def test_packed_equals_padded(model, seqs, long, window):
+    kw = dict(repr_layers=(0, -1), toks_per_batch=900, long=long, window=window)
+    packed = _all(Engine(model, **kw), seqs, WANT)
+    padded = _all(Engine(model, packed=False, **kw), seqs, WANT)
+    for p, q in zip(packed, padded):
+        for k in WANT:
+            torch.testing.assert_close(p[k], q[k], atol=TOL, rtol=0)
+
+
+def test_matches_a_single_unbatched_forward(model, seqs):
+    eng = Engine(model, repr_layers=(-1,), toks_per_batch=700)
+    got = _all(eng, seqs, {"mean", "bos", "per_tok"})
+    for s, r in zip(seqs, got):
+        toks = model.alphabet.get_batch_converter()([("x", s)])[2]
+        with torch.no_grad():
+            x = model(toks, repr_layers=[-1], return_logits=False)["representations"][2][0]
+        torch.testing.assert_close(r["per_tok"][0], x[1 : len(s) + 1], atol=TOL, rtol=0)
+        torch.testing.assert_close(r["mean"][0], x[1 : len(s) + 1].mean(0), atol=TOL, rtol=0)
+        torch.testing.assert_close(r["bos"][0], x[0], atol=TOL, rtol=0)
+
+
+def test_windows_cover_long_sequences_and_contacts_run_padded(model, seqs):
+    eng = Engine(model, long="window", window=120, toks_per_batch=600)
+    s = seqs[0]
+    [(_, [r])] = list(eng.run([s], {"per_tok", "contacts"}))
+    assert r["per_tok"].shape == (1, len(s), model.embed_dim)
+    assert r["contacts"].shape == (len(s), len(s))
+    assert Engine(model, long="truncate", window=120).spans(300) == [(0, 120)]
+    with pytest.raises(InputError, match="over the limit"):
+        Engine(model, long="error", window=120).spans(300)
+
+
+def test_packed_batches_fill_the_real_token_budget(model):
+    eng = Engine(model, toks_per_batch=100)
+    batches = eng.batches([10, 40, 30, 200, 20], {"mean"})
+    assert batches == [[0, 4, 2], [1], [3]]  # 12+22+32=66; +42 > 100; the 202-token one alone
+
+
+def test_compile_buckets_token_counts(model, seqs):
+    eng = Engine(model, repr_layers=(-1,), toks_per_batch=600, compile=True)
+    got = _all(eng, seqs[:4], {"mean"})
+    want = _all(Engine(model, repr_layers=(-1,), toks_per_batch=600), seqs[:4], {"mean"})
+    for p, q in zip(got, want):
+        torch.testing.assert_close(p["mean"], q["mean"], atol=1e-4, rtol=0)
+    assert all(n % 256 == 0 for n in eng._shapes) and eng.compile_s > 0
+    assert all(layer._compiled_call_impl is None for layer in model.layers)  # model left eager
+
+
+def test_resolve_layers_once_on_the_model(model):
+    assert model.resolve_layers([-1, 0, 2, 2]) == [0, 2]
+    with pytest.raises(InputError, match="repr layer 3 out of range"):
+        model.resolve_layers([3])
+
+
+def test_prefetch_and_writer_keep_order_and_raise():
+    assert list(prefetch(iter(range(10)), depth=2)) == list(range(10))
+    seen = []
+    with BackgroundWriter(seen.append, depth=2) as w:
+        for i in range(20):
+            w.put(i)
+    assert seen == list(range(20))
+
+    def bad(i):
+        raise OSError("disk full")
+
+    w = BackgroundWriter(bad)
+    w.put(1)
+    with pytest.raises(OSError, match="disk full"):
+        w.close()
+
+    def gen():
+        yield 1
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        list(prefetch(gen()))
+
+
+def test_writer_queue_is_bounded():
+    """A slow writer makes put() wait: at most `depth` items queued, so memory stays flat."""
+    import threading
+
+    release, written = threading.Event(), []
+
+    def slow(i):
+        release.wait(5)
+        written.append(i)
+
+    w = BackgroundWriter(slow, depth=2)
+    t = threading.Thread(target=lambda: [w.put(i) for i in range(10)])
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and w._q.qsize() <= 2  # blocked: one being written, two waiting
+    release.set()
+    t.join(5)
+    w.close()
+    assert written == list(range(10))
