@@ -31,6 +31,7 @@ python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \
     --fasta runs/data/msa_eval.fasta | tee runs/eval/ppl_msa.json
 python benchmarks/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
-python benchmarks/function_eval.py --model protlm_small --out runs/eval/function.json | tee runs/eval/function.txt
-python benchmarks/variants_eval.py --model protlm_small --pll-subset 48 --out runs/eval/variants.json \
-    | tee runs/eval/variants.txt
+python benchmarks/function_eval.py --model protlm_small --cache-dir runs/eval/cache --out runs/eval/function.json | tee runs/eval/function.txt
+python benchmarks/variants_eval.py --model protlm_small --methods masked-marginal wt-marginal \
+    --out runs/eval/variants.json \
+    | tee runs/eval/variants.txt   # pseudo-ll: add --methods pseudo-ll --pll-subset 48 (about 15 min)

@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from protlm.errors import ProtlmError
+
 from protlm import build_model
 from protlm.data.fasta import load_fasta, write_fasta
 from protlm.embed import (EmbedConfig, EmbedError, check_lengths, extract, prepare_model,
@@ -187,7 +189,7 @@ def test_cuda_unavailable_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(EmbedError, match="CUDA is not available"):
         prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cuda")
-    with pytest.raises(EmbedError, match="--dtype"):
+    with pytest.raises(ProtlmError, match="unknown dtype 'fp8'"):
         prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cpu", "fp8")
 
 

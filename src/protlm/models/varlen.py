@@ -112,7 +112,9 @@ _KERNELS = {"flash_attn": _flash_attn, "varlen_attn": _varlen_attn, "sdpa_loop":
 def varlen_attention(q_NHd: torch.Tensor, k_NHd: torch.Tensor, v_NHd: torch.Tensor, packing: Packing,
                      dropout_p: float = 0.0, backend: str | None = None) -> tuple[torch.Tensor, str]:
     """Attention confined to each sequence of a packed batch -> (out (N, H, hd), backend that ran)."""
-    name = select_backend(q_NHd.device, q_NHd.dtype, dropout_p, backend)
+    # A backend named by the caller was already checked when the forward chose it (once, outside
+    # the layers): looking it up again here would put a graph break in every compiled layer.
+    name = backend if backend is not None else select_backend(q_NHd.device, q_NHd.dtype, dropout_p)
     return _KERNELS[name](q_NHd, k_NHd, v_NHd, packing, dropout_p), name
 
 
