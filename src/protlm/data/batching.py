@@ -29,22 +29,14 @@ def token_budget_batches(costs: Sequence[int], toks_per_batch: int,
         raise InputError(f"toks_per_batch must be positive, got {toks_per_batch}")
     if max_padding is not None and max_padding < 0:
         raise InputError(f"max_padding must be >= 0, got {max_padding}")
-    order = sorted(range(len(costs)), key=lambda i: costs[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    total = 0  # sum of the costs in `current`
-    for i in order:
-        # costs are ascending, so costs[i] is the max of current + [i]
-        padded = (len(current) + 1) * costs[i]
-        too_padded = max_padding is not None and padded > (1 + max_padding) * (total + costs[i])
-        if current and (padded > toks_per_batch or too_padded):
-            batches.append(current)
-            current, total = [], 0
-        current.append(i)
-        total += costs[i]
-    if current:
-        batches.append(current)
-    return batches
+
+    def closes(n: int, total: int, cost: int) -> bool:
+        # costs are ascending, so `cost` is the max of the batch with it added
+        padded = (n + 1) * cost
+        return padded > toks_per_batch or (
+            max_padding is not None and padded > (1 + max_padding) * (total + cost))
+
+    return _shortest_first(costs, closes)
 
 
 def packed_batches(costs: Sequence[int], toks_per_batch: int) -> list[list[int]]:
@@ -56,11 +48,17 @@ def packed_batches(costs: Sequence[int], toks_per_batch: int) -> list[list[int]]
     """
     if toks_per_batch <= 0:
         raise InputError(f"toks_per_batch must be positive, got {toks_per_batch}")
+    return _shortest_first(costs, lambda n, total, cost: total + cost > toks_per_batch)
+
+
+def _shortest_first(costs: Sequence[int], closes: Callable[[int, int, int], bool]) -> list[list[int]]:
+    """Greedy grouping in ascending cost (ties in input order): the current batch is closed when
+    `closes(items in it, sum of their costs, next cost)`; an item never waits for a second one."""
     batches: list[list[int]] = []
     current: list[int] = []
     total = 0
     for i in sorted(range(len(costs)), key=lambda i: costs[i]):
-        if current and total + costs[i] > toks_per_batch:
+        if current and closes(len(current), total, costs[i]):
             batches.append(current)
             current, total = [], 0
         current.append(i)
