@@ -62,3 +62,23 @@ def hold_in_subprocess():
         if proc.poll() is None:
             proc.stdin.close()
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def perturbed_model():
+    """factory: a debug model with realistic N(0, 0.02) weights and LayerNorms/biases moved off
+    1/0, so a 1e-5 tolerance means something."""
+    from protlm import build_model
+    from protlm.models.layers import init_weights
+    from protlm.pretrained.registry import DEBUG_CONFIGS
+
+    def make(name: str, seed: int = 0):
+        torch.manual_seed(seed)
+        m = build_model(DEBUG_CONFIGS[name])
+        init_weights(m)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return m.eval()
+
+    return make

@@ -7,7 +7,6 @@ import torch
 
 from protlm import Alphabet, build_model
 from protlm.models.config import esm1b_config, esm2_config
-from protlm.models.layers import init_weights
 from protlm.pretrained.registry import DEBUG_CONFIGS
 
 FAMILIES = ["esm1b_debug", "esm2_debug"]
@@ -15,14 +14,8 @@ SEQS = [("a", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"), ("b", "MKV<mask>A"), ("c", "
 
 
 @pytest.fixture(params=FAMILIES)
-def model(request):
-    torch.manual_seed(0)
-    m = build_model(DEBUG_CONFIGS[request.param])
-    init_weights(m)  # N(0, 0.02): realistic magnitudes, so 1e-5 is a meaningful tolerance
-    with torch.no_grad():
-        for p in m.parameters():  # move LayerNorms and biases off 1/0 too
-            p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
+def model(request, perturbed_model):
+    return perturbed_model(request.param)
 
 
 def tokens(seqs=SEQS):

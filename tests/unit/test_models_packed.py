@@ -10,9 +10,7 @@ from protlm import Alphabet, build_model
 from protlm.data.fasta import load_fasta
 from protlm.data.masking import IGNORE_INDEX, mask_tokens
 from protlm.models.config import esm1b_config
-from protlm.models.layers import init_weights
 from protlm.models.packing import pack, repad
-from protlm.pretrained.registry import DEBUG_CONFIGS
 from protlm.train.batches import MLMBatch
 from protlm.train.loop import masked_ce_sum
 
@@ -22,14 +20,8 @@ PAD = Alphabet().padding_idx
 
 
 @pytest.fixture(params=FAMILIES)
-def model(request):
-    torch.manual_seed(0)
-    m = build_model(DEBUG_CONFIGS[request.param])
-    init_weights(m)  # N(0, 0.02): realistic magnitudes, so 1e-5 is a meaningful tolerance
-    with torch.no_grad():
-        for p in m.parameters():  # move LayerNorms and biases off 1/0 too
-            p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
+def model(request, perturbed_model):
+    return perturbed_model(request.param)
 
 
 @pytest.fixture(scope="module")
