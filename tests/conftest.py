@@ -23,13 +23,12 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def debug_model():
-    """factory: debug_model('esm1b_debug' | 'esm2_debug', seed=0) -> eval-mode ESM."""
-    from protlm import build_model
-    from protlm.pretrained.registry import DEBUG_CONFIGS
+    """factory: debug_model('esm1b_debug' | 'esm2_debug' | 'prot_t5_debug', seed=0) -> eval-mode model."""
+    from protlm.pretrained.registry import build_debug
 
     def make(name: str = "esm2_debug", seed: int = 0):
         torch.manual_seed(seed)
-        return build_model(DEBUG_CONFIGS[name]).eval()
+        return build_debug(name).eval()
 
     return make
 
@@ -68,13 +67,12 @@ def hold_in_subprocess():
 def perturbed_model():
     """factory: a debug model with realistic N(0, 0.02) weights and LayerNorms/biases moved off
     1/0, so a 1e-5 tolerance means something."""
-    from protlm import build_model
     from protlm.models.layers import init_weights
-    from protlm.pretrained.registry import DEBUG_CONFIGS
+    from protlm.pretrained.registry import build_debug
 
     def make(name: str, seed: int = 0):
         torch.manual_seed(seed)
-        m = build_model(DEBUG_CONFIGS[name])
+        m = build_debug(name)
         init_weights(m)
         with torch.no_grad():
             for p in m.parameters():

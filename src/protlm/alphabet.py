@@ -1,8 +1,13 @@
-"""The ESM vocabulary, input rules and the batch converter.
+"""Vocabularies, input rules and the batch converter, for every model family.
 
-Token indices match fair-esm's ESM-1b alphabet exactly (also used by ESM-2), so published
-embedding and LM-head rows line up: <cls>=0 <pad>=1 <eos>=2 <unk>=3, 20 amino acids and
-X B U Z O . - (4..30), <null_1>=31, <mask>=32.
+ESM (default `Alphabet()`): token indices match fair-esm's ESM-1b alphabet exactly (also used by
+ESM-2), so published embedding and LM-head rows line up: <cls>=0 <pad>=1 <eos>=2 <unk>=3,
+20 amino acids and X B U Z O . - (4..30), <null_1>=31, <mask>=32. Tokens: <cls> residues <eos>.
+
+ProtT5 (`Alphabet.prot_t5()`): the T5 sentencepiece vocabulary of Rostlab/prot_t5_xl_uniref50,
+<pad>=0 </s>=1 <unk>=2, residue pieces ▁A ▁L ... ▁Z (3..27), <extra_id_99>..<extra_id_0>
+(28..127). The published recipe: one piece per residue, U Z O B mapped to X, `</s>` appended,
+no BOS. Tokens: residues </s>.
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ PREPEND_TOKS = ("<cls>", "<pad>", "<eos>", "<unk>")
 RESIDUE_TOKS = tuple("LAGVSERTIDPKQNFYMHWCXBUZO.-")
 APPEND_TOKS = ("<mask>",)
 STANDARD_AAS = "ACDEFGHIKLMNPQRSTVWY"
+
+# ProtT5's sentencepiece pieces in id order (checked against public dumps of the published
+# tokenizer in tests/unit/test_alphabet_t5.py); T5Tokenizer appends 100 sentinels, highest first.
+PROT_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+PROT_T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
+PROT_T5_EXTRA_IDS = 100
+PROT_T5_TO_X = "UZOB"  # the published recipe: re.sub(r"[UZOB]", "X", sequence)
+SPIECE_SPACE = "\u2581"  # sentencepiece's word-start mark: residue pieces are "▁A", "▁L", ...
 
 
 class InvalidSequenceError(ProtlmError, ValueError):
@@ -37,23 +50,69 @@ def _build_vocab() -> list[str]:
     return toks + list(APPEND_TOKS)
 
 
+def prot_t5_vocab() -> list[str]:
+    """ProtT5's 128 tokens in id order (the built-in mapping, used when a folder has no tokenizer)."""
+    return [*PROT_T5_SPECIALS, *(SPIECE_SPACE + r for r in PROT_T5_RESIDUES),
+            *(f"<extra_id_{i}>" for i in reversed(range(PROT_T5_EXTRA_IDS)))]
+
+
 @dataclass
 class Alphabet:
-    """The ESM-1b/ESM-2 vocabulary with fair-esm's attribute names."""
+    """A model's vocabulary with fair-esm's attribute names (ESM by default; see `prot_t5`).
+
+    residues: the characters accepted in input sequences; piece_prefix: what a residue's token
+    is spelled with ("" for ESM, "▁" for ProtT5); to_x: residues encoded as X. cls_tok/mask_tok
+    None: the vocabulary has no such token (then cls_idx/mask_idx are None).
+    """
 
     all_toks: list[str] = field(default_factory=_build_vocab)
     prepend_bos: bool = True
     append_eos: bool = True
+    residues: str = "".join(RESIDUE_TOKS)
+    piece_prefix: str = ""
+    to_x: str = ""
+    pad_tok: str = "<pad>"
+    eos_tok: str = "<eos>"
+    unk_tok: str = "<unk>"
+    cls_tok: str | None = "<cls>"
+    mask_tok: str | None = "<mask>"
 
     def __post_init__(self):
         self.tok_to_idx = {t: i for i, t in enumerate(self.all_toks)}
-        self.padding_idx = self.tok_to_idx["<pad>"]
-        self.cls_idx = self.tok_to_idx["<cls>"]
-        self.eos_idx = self.tok_to_idx["<eos>"]
-        self.unk_idx = self.tok_to_idx["<unk>"]
-        self.mask_idx = self.tok_to_idx["<mask>"]
-        self.standard_toks = list(RESIDUE_TOKS)
-        self.standard_aa_idx = [self.tok_to_idx[a] for a in STANDARD_AAS]
+        missing = [t for t in (self.pad_tok, self.eos_tok, self.unk_tok, self.cls_tok, self.mask_tok)
+                   if t is not None and t not in self.tok_to_idx]
+        missing += [self.piece_prefix + r for r in self.residues if r not in self.to_x
+                    and self.piece_prefix + r not in self.tok_to_idx]
+        if missing:
+            raise ValueError(f"vocabulary lacks the tokens {missing}")
+        self.padding_idx = self.tok_to_idx[self.pad_tok]
+        self.eos_idx = self.tok_to_idx[self.eos_tok]
+        self.unk_idx = self.tok_to_idx[self.unk_tok]
+        self.cls_idx = self.tok_to_idx[self.cls_tok] if self.cls_tok else None
+        self.mask_idx = self.tok_to_idx[self.mask_tok] if self.mask_tok else None
+        # residue character -> token index (U Z O B -> X where the recipe says so)
+        self.residue_idx = {r: self.tok_to_idx[self.piece_prefix + ("X" if r in self.to_x else r)]
+                            for r in self.residues}
+        self.standard_toks = list(self.residues)
+        self.standard_aa_idx = [self.residue_idx[a] for a in STANDARD_AAS]
+
+    @classmethod
+    def prot_t5(cls, all_toks: list[str] | None = None) -> "Alphabet":
+        """ProtT5's vocabulary: `all_toks` read from a checkpoint's tokenizer files, else built in."""
+        return cls(all_toks=list(all_toks or prot_t5_vocab()), prepend_bos=False, append_eos=True,
+                   residues=STANDARD_AAS + "X" + PROT_T5_TO_X, piece_prefix=SPIECE_SPACE,
+                   to_x=PROT_T5_TO_X, pad_tok="<pad>", eos_tok="</s>", unk_tok="<unk>",
+                   cls_tok=None, mask_tok=None)
+
+    @property
+    def residue_offset(self) -> int:
+        """Index of the first residue in a tokenised sequence (1 after a BOS, else 0)."""
+        return int(self.prepend_bos)
+
+    @property
+    def num_specials(self) -> int:
+        """Tokens a sequence gets besides its residues (BOS and/or EOS)."""
+        return int(self.prepend_bos) + int(self.append_eos)
 
     @classmethod
     def from_architecture(cls, name: str = "ESM-1b") -> "Alphabet":
@@ -97,7 +156,7 @@ class Alphabet:
 
     @property
     def _residue_set(self) -> frozenset[str]:
-        return frozenset(RESIDUE_TOKS)
+        return frozenset(self.residues)
 
     def encode(self, seq: str) -> list[int]:
         """Residue string -> indices (special tokens such as <mask> are recognised)."""
@@ -109,7 +168,7 @@ class Alphabet:
                     out.append(self.tok_to_idx[seq[i : j + 1]])
                     i = j + 1
                     continue
-            out.append(self.tok_to_idx.get(seq[i], self.unk_idx))
+            out.append(self.residue_idx.get(seq[i], self.unk_idx))
             i += 1
         return out
 
@@ -135,7 +194,8 @@ class BatchConverter:
 
 
 def pad_tokens(encoded: Sequence[Sequence[int]], alphabet: Alphabet) -> torch.Tensor:
-    """Encoded residue lists -> (B, max_len + bos + eos) int64 tokens, right-padded."""
+    """Encoded residue lists -> (B, max_len + bos + eos) int64 tokens, right-padded (BOS/EOS as
+    the alphabet says: ESM <cls> ... <eos>, ProtT5 ... </s>)."""
     a = alphabet
     bos, eos = int(a.prepend_bos), int(a.append_eos)
     max_len = max((len(e) for e in encoded), default=0)

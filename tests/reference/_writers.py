@@ -131,3 +131,35 @@ def hf_model(family: str, layers=2, hidden=64, heads=4, seed=0):
     model = EsmForMaskedLM(cfg)
     init_like_training(model, seed)
     return model.eval()
+
+
+# ProtT5-XL-U50's published config.json (Rostlab/prot_t5_xl_uniref50), encoder fields.
+PROT_T5_XL = dict(vocab_size=128, d_model=1024, d_kv=128, d_ff=16384, num_layers=24, num_heads=32,
+                  feed_forward_proj="relu", relative_attention_num_buckets=32,
+                  relative_attention_max_distance=128, layer_norm_epsilon=1e-6)
+PROT_T5_DEBUG = {**PROT_T5_XL, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
+
+
+def hf_t5(seed: int = 0, full: bool = False, **overrides):
+    """transformers' T5EncoderModel (or the full T5ForConditionalGeneration) with random,
+    training-like weights: N(0, 1/fan_in) matrices (activations stay O(1) at any width, as in
+    trained models), N(0, 1) embeddings, RMS-norm scales moved off 1, a relative position table
+    of N(0, 1) (it must matter)."""
+    from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+
+    cfg = T5Config(**{**PROT_T5_DEBUG, **overrides}, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+                   decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    model = (T5ForConditionalGeneration if full else T5EncoderModel)(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif "relative_attention_bias" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif p.ndim == 2 and "shared" not in name and "embed_tokens" not in name:
+                p.copy_(p.shape[1] ** -0.5 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g))
+    return model.eval()

@@ -364,7 +364,7 @@ def test_hf_folder_with_published_esm2_extras(tmp_path, debug_model):
     """facebook/esm2 files also hold an unused learned position table and position_ids."""
     from safetensors.torch import load_file, save_file
 
-    from protlm.pretrained.convert import save_hf
+    from protlm.pretrained.writers import save_hf
 
     model = W.init_like_training(debug_model("esm2_debug"), seed=4)
     save_hf(model, tmp_path / "hf")
@@ -384,7 +384,7 @@ def test_hf_folder_with_published_esm2_extras(tmp_path, debug_model):
 def test_hf_wrong_family_and_bad_config(tmp_path, debug_model):
     import json
 
-    from protlm.pretrained.convert import save_hf
+    from protlm.pretrained.writers import save_hf
 
     save_hf(W.init_like_training(debug_model("esm2_debug")), tmp_path / "hf")
     cfg_path = tmp_path / "hf" / "config.json"

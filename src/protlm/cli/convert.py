@@ -16,7 +16,7 @@ from protlm.dtypes import CHOICES
               help="Store the parameters in this dtype (default: as loaded, fp32); buffers stay fp32.")
 def command(src: str, dst: str, to: str, dtype: str | None) -> None:
     """Convert SRC (published name, fair-esm .pt, HF folder or protlm folder) into folder DST."""
-    from protlm.pretrained.convert import convert_checkpoint
+    from protlm.pretrained.writers import convert_checkpoint
 
     out = convert_checkpoint(src, dst, to=to, dtype=dtype)
     click.echo(f"wrote {to} checkpoint to {out}")

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from protlm.alphabet import Alphabet
-from protlm.errors import InputError
 from protlm.models.config import ESMConfig
+from protlm.models.encoder import resolve_layers, run_encoder
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
 from protlm.models.packing import Packing
@@ -124,44 +124,9 @@ class ESM(nn.Module):
             return self.forward_packed(tokens, cu_seqlens, repr_layers, return_logits, logits_at)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
-        repr_layers = set(self.resolve_layers(repr_layers))
-        padding_mask = tokens.eq(self.padding_idx)
-        x = self.embed(tokens)
-
-        reps = {0: x} if 0 in repr_layers else {}
-        key_mask = padding_mask if padding_mask.any() else None
-        need_maps = need_head_weights or return_contacts
-        attn_maps, contact_logits = [], None
-        for i, layer in enumerate(self.layers):
-            x, attn = layer(x, key_mask, need_weights=need_maps)
-            if i + 1 in repr_layers:
-                reps[i + 1] = x
-            if attn is None:
-                continue
-            if return_contacts and not need_head_weights:
-                # Reduce each layer's maps into the contact logits now, so peak memory holds
-                # one layer of attention rather than all of them (padding is zeroed inside).
-                part = self.contact_head.layer_logits(tokens, attn, i, key_mask)
-                contact_logits = part if contact_logits is None else contact_logits + part
-            if need_head_weights:
-                if key_mask is not None:
-                    keep = (~padding_mask).to(attn)
-                    attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
-                attn_maps.append(attn)
-
-        x = self.emb_layer_norm_after(x)
-        if self.num_layers in repr_layers:
-            reps[self.num_layers] = x  # the last representation is taken after the final LN
+        x, out = run_encoder(self, tokens, self.embed(tokens), repr_layers, need_head_weights, return_contacts)
         result = {"logits": self.lm_head(x)} if return_logits else {}
-        result["representations"] = reps
-        if need_head_weights:
-            result["attentions"] = torch.stack(attn_maps, 1)  # (B, layers, heads, T, T)
-        if return_contacts and need_head_weights:
-            # Every map is held anyway: the reference's own computation, bitwise identical.
-            result["contacts"] = self.contact_head(tokens, result["attentions"])
-        elif return_contacts:
-            result["contacts"] = self.contact_head.finish(contact_logits)
-        return result
+        return {**result, **out}
 
     def forward_packed(
         self,
@@ -225,16 +190,6 @@ class ESM(nn.Module):
 
     def predict_contacts(self, tokens: torch.Tensor) -> torch.Tensor:
         return self(tokens, return_contacts=True)["contacts"]
-
-
-def resolve_layers(repr_layers: Iterable[int], num_layers: int) -> list[int]:
-    """`ESM.resolve_layers` for a model of `num_layers` layers (negatives count from the end)."""
-    n, out = num_layers, set()
-    for i in repr_layers:
-        if not -(n + 1) <= i <= n:
-            raise InputError(f"repr layer {i} out of range for a {n}-layer model (valid: {-(n + 1)}..{n})")
-        out.add((i + n + 1) % (n + 1))
-    return sorted(out)
 
 
 class ESM1b(ESM):

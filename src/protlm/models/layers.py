@@ -1,7 +1,9 @@
-"""Building blocks shared by every ESM variant: one attention, one pre-LN layer, heads.
+"""Building blocks shared by every model (ESM-1b, ESM-2, ProtT5): one attention, one pre-LN layer.
 
 Parameter names follow fair-esm (q_proj, self_attn_layer_norm, fc1, ...) so published
-state dicts map onto these modules with only prefix changes. Layout is (B, L, D), or (N, D) for a
+state dicts map onto these modules with only prefix changes. The T5 variant is the same layer
+with other options: RMS norm, no biases, no query scaling, ReLU or gated FFN, an additive
+relative-position bias. Layout is (B, L, D), or (N, D) for a
 packed batch (sequences concatenated, described by a `Packing`; see protlm.models.packing).
 """
 
@@ -21,6 +23,62 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     # ESM uses the exact erf form (the tanh approximation differs by ~1e-3), written out as the
     # reference does so that fp32 results match it to the last bit rather than to a few ulps.
     return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # T5 v1.1's "gated-gelu" uses the tanh approximation (transformers' "gelu_new"), not erf.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "relu": F.relu, "silu": F.silu}
+
+
+class RMSNorm(nn.Module):
+    """T5's LayerNorm: scale only, no mean subtraction, no bias; the variance is taken in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Accumulating the mean square in fp32 keeps half-precision inputs from overflowing.
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class RelativePositionBias(nn.Embedding):
+    """T5's bucketed relative positions: one learned scalar per (bucket, head), added to the scores.
+
+    Computed once per forward and shared by every layer (checkpoints store it in the first).
+    Bidirectional buckets: half for keys after the query, half for keys before; within each half,
+    exact offsets below num_buckets/4, then logarithmic bins up to `max_distance`.
+    """
+
+    def __init__(self, num_buckets: int, num_heads: int, max_distance: int):
+        super().__init__(num_buckets, num_heads)
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+
+    def buckets(self, length: int, device=None) -> torch.Tensor:
+        """(L, L) long: the bucket of key position j seen from query position i."""
+        pos = torch.arange(length, dtype=torch.long, device=device)
+        rel = pos[None, :] - pos[:, None]  # key - query
+        half = self.num_buckets // 2
+        out = (rel > 0).long() * half
+        dist = rel.abs()
+        exact = half // 2
+        # Float ops in this order decide where each bin starts: the trained tables were indexed so.
+        log_bin = exact + (torch.log(dist.float() / exact) / math.log(self.max_distance / exact)
+                           * (half - exact)).long()
+        log_bin = log_bin.clamp(max=half - 1)
+        return out + torch.where(dist < exact, dist, log_bin)
+
+    def forward(self, length: int) -> torch.Tensor:
+        """(1, H, L, L) additive attention bias for a sequence of `length` tokens."""
+        return super().forward(self.buckets(length, self.weight.device)).permute(2, 0, 1).unsqueeze(0)
 
 
 class LearnedPositionalEmbedding(nn.Embedding):
@@ -94,18 +152,24 @@ class MultiheadAttention(nn.Module):
     attention maps (contacts, `need_head_weights`). Given a `packing`, the input is a packed
     (N, D) batch and a varlen kernel confines attention to each sequence: `packing.attention_backend`,
     or the first usable one (protlm.models.varlen.select_backend).
+
+    T5 options: `head_dim` independent of embed_dim (inner width H * head_dim), `bias=False`,
+    `scale_queries=False` (T5 folds 1/sqrt(d) into its initialisation, so its scores are unscaled),
+    and an additive `attn_bias` (relative positions) in `forward`.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, rotary: bool = False, dropout: float = 0.0):
+    def __init__(self, embed_dim: int, num_heads: int, rotary: bool = False, dropout: float = 0.0,
+                 head_dim: int | None = None, bias: bool = True, scale_queries: bool = True):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.head_dim = embed_dim // num_heads
-        self.scaling = self.head_dim**-0.5
+        self.head_dim = head_dim or embed_dim // num_heads
+        inner = num_heads * self.head_dim
+        self.scaling = self.head_dim**-0.5 if scale_queries else 1.0
         self.dropout = dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
         self.rot_emb = RotaryEmbedding(self.head_dim) if rotary else None
 
     def _heads(self, x_BLD: torch.Tensor) -> torch.Tensor:
@@ -118,19 +182,23 @@ class MultiheadAttention(nn.Module):
         key_padding_mask_BL: torch.Tensor | None = None,
         need_weights: bool = False,
         packing: Packing | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (out (B, L, D), attention probabilities (B, H, L, L) or None).
 
         With `packing`, x is (N, D) and so is the output; maps are never returned then.
+        attn_bias: float, broadcastable to (B, H, L, L), added to the scores (T5 positions).
         """
         if packing is not None:
-            if need_weights or key_padding_mask_BL is not None:
-                raise ValueError("a packed batch has no padding mask and no attention maps; "
-                                 "use the padded layout for need_weights")
+            if need_weights or key_padding_mask_BL is not None or attn_bias is not None:
+                raise ValueError("a packed batch has no padding mask, attention bias or attention "
+                                 "maps; use the padded layout for these")
             return self._forward_packed(x_BLD, packing), None
-        B, L, D = x_BLD.shape
-        # The query is scaled before rotary, as in the reference (it matters for rounding).
-        q = self._heads(self.q_proj(x_BLD) * self.scaling)
+        B, L, _ = x_BLD.shape
+        q = self.q_proj(x_BLD)
+        if self.scaling != 1.0:
+            q = q * self.scaling  # before rotary, as in the reference (it matters for rounding)
+        q = self._heads(q)
         k = self._heads(self.k_proj(x_BLD))
         v = self._heads(self.v_proj(x_BLD))
         if self.rot_emb is not None:
@@ -141,20 +209,25 @@ class MultiheadAttention(nn.Module):
             mask = None
             if key_padding_mask_BL is not None:
                 mask = ~key_padding_mask_BL[:, None, None, :]  # True = attend
+            if attn_bias is not None:  # one float mask: the bias, -inf at padded keys
+                mask = attn_bias if mask is None else attn_bias.masked_fill(~mask, float("-inf"))
+                mask = mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
             probs = None
         else:
             scores = q @ k.transpose(-1, -2)  # (B, H, L, L)
+            if attn_bias is not None:
+                scores = scores + attn_bias
             if key_padding_mask_BL is not None:
                 scores = scores.masked_fill(key_padding_mask_BL[:, None, None, :], float("-inf"))
             # Softmax in fp32 whatever the compute dtype, as the reference does.
             probs = torch.softmax(scores.float(), dim=-1)
             out = F.dropout(probs.type_as(v), p=dropout_p, training=self.training) @ v
-        out = out.transpose(1, 2).reshape(B, L, D)
+        out = out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)
         return self.out_proj(out), probs
 
     def _forward_packed(self, x_ND: torch.Tensor, packing: Packing) -> torch.Tensor:
-        N, D = x_ND.shape
+        N = x_ND.shape[0]
         H, hd = self.num_heads, self.head_dim
         q = (self.q_proj(x_ND) * self.scaling).view(N, H, hd)  # scaled before rotary, as above
         k = self.k_proj(x_ND).view(N, H, hd)
@@ -165,30 +238,63 @@ class MultiheadAttention(nn.Module):
         # No record of the kernel on the module: an attribute written here is a side effect that
         # torch.compile cannot keep inside an activation-checkpointed layer (the graph would break).
         out, _ = varlen_attention(q, k, v, packing, dropout_p, packing.attention_backend)
-        return self.out_proj(out.reshape(N, D))
+        return self.out_proj(out.reshape(N, H * hd))
+
+
+def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    # T5 activations can overflow fp16 in the residual stream; like the reference, clamp to the
+    # largest finite value (1000 below it once an inf appeared) instead of propagating inf/NaN.
+    if x.dtype != torch.float16:
+        return x
+    big = torch.finfo(x.dtype).max
+    limit = torch.where(torch.isinf(x).any(), big - 1000, big)
+    return x.clamp(-limit, limit)
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LayerNorm encoder layer: x + Attn(LN(x)); x + FFN(LN(x)) with erf GELU."""
+    """Pre-norm encoder layer: x + Attn(N(x)); x + FFN(N(x)).
+
+    ESM: LayerNorm, biases, erf GELU, scaled queries. T5 (`norm="rms"`, `bias=False`,
+    `scale_queries=False`, `head_dim`, activation/gated from the checkpoint, `clamp_half=True`).
+    """
 
     def __init__(self, embed_dim: int, ffn_embed_dim: int, num_heads: int, rotary: bool,
-                 eps: float = 1e-5, dropout: float = 0.0, attention_dropout: float = 0.0):
+                 eps: float = 1e-5, dropout: float = 0.0, attention_dropout: float = 0.0, *,
+                 head_dim: int | None = None, bias: bool = True, norm: str = "layer",
+                 activation: str = "gelu", gated: bool = False, scale_queries: bool = True,
+                 clamp_half: bool = False):
         super().__init__()
-        self.self_attn = MultiheadAttention(embed_dim, num_heads, rotary, attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
-        self.fc1 = nn.Linear(embed_dim, ffn_embed_dim)
-        self.fc2 = nn.Linear(ffn_embed_dim, embed_dim)
-        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, rotary, attention_dropout,
+                                            head_dim, bias, scale_queries)
+        make_norm = {"layer": nn.LayerNorm, "rms": RMSNorm}[norm]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        self.self_attn_layer_norm = make_norm(embed_dim, eps=eps)
+        # FFN: fc2(act(fc1(x))), or fc2(act(fc1(x)) * fc1_linear(x)) when gated (T5 v1.1's GEGLU).
+        self.fc1 = nn.Linear(embed_dim, ffn_embed_dim, bias=bias)
+        self.fc1_linear = nn.Linear(embed_dim, ffn_embed_dim, bias=bias) if gated else None
+        self.fc2 = nn.Linear(ffn_embed_dim, embed_dim, bias=bias)
+        self.act = ACTIVATIONS[activation]
+        self.final_layer_norm = make_norm(embed_dim, eps=eps)
         self.dropout = dropout
+        self.clamp_half = clamp_half
 
     def forward(self, x_BLD, key_padding_mask_BL=None, need_weights: bool = False,
-                packing: Packing | None = None):
+                packing: Packing | None = None, attn_bias: torch.Tensor | None = None):
         """x (B, L, D), or (N, D) with `packing`: everything but attention is per token."""
-        h, attn = self.self_attn(self.self_attn_layer_norm(x_BLD), key_padding_mask_BL, need_weights, packing)
-        x_BLD = x_BLD + F.dropout(h, self.dropout, self.training)
-        h = self.fc2(gelu(self.fc1(self.final_layer_norm(x_BLD))))
-        x_BLD = x_BLD + F.dropout(h, self.dropout, self.training)
+        h, attn = self.self_attn(self.self_attn_layer_norm(x_BLD), key_padding_mask_BL, need_weights,
+                                 packing, attn_bias)
+        x_BLD = self._residual(x_BLD, h)
+        x_ln = self.final_layer_norm(x_BLD)
+        h = self.act(self.fc1(x_ln))
+        if self.fc1_linear is not None:
+            h = h * self.fc1_linear(x_ln)
+        x_BLD = self._residual(x_BLD, self.fc2(h))
         return x_BLD, attn
+
+    def _residual(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        x = x + F.dropout(h, self.dropout, self.training)
+        return clamp_fp16(x) if self.clamp_half else x
 
 
 class RobertaLMHead(nn.Module):
@@ -218,12 +324,14 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
-        elif isinstance(m, nn.LayerNorm):
+        elif isinstance(m, (nn.LayerNorm, RMSNorm)):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
 
 __all__ = [
-    "gelu", "LearnedPositionalEmbedding", "RotaryEmbedding", "MultiheadAttention",
+    "gelu", "gelu_tanh", "ACTIVATIONS", "RMSNorm", "RelativePositionBias", "clamp_fp16",
+    "LearnedPositionalEmbedding", "RotaryEmbedding", "MultiheadAttention",
     "TransformerLayer", "RobertaLMHead", "init_weights",
 ]

@@ -2,24 +2,19 @@
 
 protlm's parameter names are fair-esm's (after its published files' prefixes are stripped), so
 fair-esm files need prefix rules only. The Hugging Face `EsmForMaskedLM` layout renames every
-parameter; its map is written out below. `save_hf` writes that layout for `protlm convert`.
+parameter; its map is written out below. Pure functions only: the writers (`save_hf`,
+`convert_checkpoint`) are in protlm.pretrained.writers, the T5 maps in convert_t5.
 """
 
 from __future__ import annotations
 
-import json
 from argparse import Namespace
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import save_file
 
 from protlm.alphabet import Alphabet
-from protlm.errors import InputError
-from protlm.io import atomic_path, atomic_write
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
-from protlm.dtypes import cast_state, parse_dtype
 
 # ---------------------------------------------------------------- fair-esm .pt files
 # Published files nest the encoder (fairseq): `encoder.sentence_encoder.<name>` for the backbone,
@@ -164,6 +159,16 @@ PROTLM_TO_HF_GLOBAL = {v: k for k, v in HF_TO_PROTLM_GLOBAL.items()}
 PROTLM_TO_HF_LAYER = {v: k for k, v in HF_TO_PROTLM_LAYER.items() if not k.endswith(("gamma", "beta"))}
 
 
+def rename_layer_key(key: str, src_prefix: str, table: Mapping[str, str], dst_prefix: str) -> str | None:
+    """`<src_prefix><i>.<rest>` -> `<dst_prefix><i>.<table[rest]>`; None when `key` is not one."""
+    if not key.startswith(src_prefix):
+        return None
+    idx, _, rest = key[len(src_prefix):].partition(".")
+    if not idx.isdigit() or rest not in table:
+        return None
+    return f"{dst_prefix}{idx}.{table[rest]}"
+
+
 def hf_to_protlm(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
     """EsmForMaskedLM keys -> protlm keys. Unknown keys are kept as they are, so strict
     loading reports them as unexpected rather than dropping them silently."""
@@ -178,12 +183,7 @@ def hf_to_protlm(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str
         if key in HF_TO_PROTLM_GLOBAL:
             out[HF_TO_PROTLM_GLOBAL[key]] = value
             continue
-        if key.startswith(HF_LAYER_PREFIX):
-            idx, _, rest = key[len(HF_LAYER_PREFIX):].partition(".")
-            if idx.isdigit() and rest in HF_TO_PROTLM_LAYER:
-                out[f"layers.{idx}.{HF_TO_PROTLM_LAYER[rest]}"] = value
-                continue
-        out[key] = value
+        out[rename_layer_key(key, HF_LAYER_PREFIX, HF_TO_PROTLM_LAYER, "layers.") or key] = value
     return out
 
 
@@ -197,10 +197,10 @@ def protlm_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key in PROTLM_TO_HF_GLOBAL:
             out[PROTLM_TO_HF_GLOBAL[key]] = value
             continue
-        idx, _, rest = key.removeprefix("layers.").partition(".")
-        if not key.startswith("layers.") or rest not in PROTLM_TO_HF_LAYER:
+        new = rename_layer_key(key, "layers.", PROTLM_TO_HF_LAYER, HF_LAYER_PREFIX)
+        if new is None:
             raise KeyError(f"no Hugging Face name for protlm parameter {key!r}")
-        out[f"{HF_LAYER_PREFIX}{idx}.{PROTLM_TO_HF_LAYER[rest]}"] = value
+        out[new] = value
     return out
 
 
@@ -255,41 +255,3 @@ def protlm_config_to_hf(cfg: ESMConfig, alphabet: Alphabet) -> dict[str, Any]:
         "is_folding_model": False,
         "torch_dtype": "float32",
     }
-
-
-# ---------------------------------------------------------------- writers
-HF_VOCAB_FILE = "vocab.txt"  # EsmTokenizer's vocabulary: one token per line, in index order
-
-
-def save_hf(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `model` as an HF folder (config.json, model.safetensors, vocab.txt); files land atomically."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu().clone()
-             for k, v in protlm_to_hf(cast_state(model, model.state_dict(), dtype)).items()}
-    with atomic_path(path / "model.safetensors") as tmp:
-        save_file(state, tmp, metadata={"format": "pt"})
-    config = protlm_config_to_hf(model.config, model.alphabet)
-    if dtype is not None:
-        config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    atomic_write(path / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write(path / HF_VOCAB_FILE, "\n".join(model.alphabet.all_toks) + "\n")
-    return path
-
-
-FORMATS = ("protlm", "hf")
-
-
-def convert_checkpoint(src: str | Path, dst: str | Path, to: str = "protlm",
-                       dtype: str | None = None) -> Path:
-    """Load anything `load_model_and_alphabet` accepts and write it as a protlm or HF folder."""
-    from protlm.pretrained.load import load_model_and_alphabet  # load imports this module
-    from protlm.pretrained.protlm_format import save_protlm
-
-    if to not in FORMATS:
-        raise InputError(f"unknown target format {to!r}; choose from {FORMATS}")
-    torch_dtype = parse_dtype(dtype) if dtype else None
-    model, _ = load_model_and_alphabet(src)
-    if to == "hf":
-        return save_hf(model, dst, torch_dtype)
-    return save_protlm(model, dst, torch_dtype, extra={"converted_from": str(src)})

@@ -4,8 +4,8 @@ Resolution order for a published name (first hit wins, no network until step 3):
   1. fair-esm's cache: `<torch hub dir>/checkpoints/<name>.pt` (+ `<name>-contact-regression.pt`),
      the same files `esm.pretrained` downloads, so an existing fair-esm cache is reused;
   2. the Hugging Face cache for `entry.hf_repo` (config.json + weights);
-  3. download the fair-esm files from dl.fbaipublicfiles.com;
-  4. download the HF snapshot.
+  3. download the fair-esm files from dl.fbaipublicfiles.com (ESM entries only);
+  4. download the HF snapshot (ProtT5: Rostlab's repos, weights as pytorch_model.bin).
 When everything fails, `WeightsNotFoundError` says which files to put where.
 """
 
@@ -20,6 +20,10 @@ import torch
 from protlm.pretrained.registry import ModelEntry
 
 HF_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+# Rostlab's ProtT5 repos publish pytorch_model.bin (read with weights_only=True) and the
+# tokenizer files the token ids are read from.
+HF_PATTERNS_T5 = [*HF_PATTERNS, "pytorch_model.bin", "spiece.model", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json"]
 OFFLINE_ENV = "PROTLM_OFFLINE"  # "1": never try the network (HF_HUB_OFFLINE is honoured too)
 
 
@@ -33,6 +37,8 @@ def checkpoint_dir() -> Path:
 
 
 def cached_fair_esm(entry: ModelEntry) -> Path | None:
+    if entry.url is None:
+        return None
     path = checkpoint_dir() / f"{entry.name}.pt"
     return path if path.is_file() else None
 
@@ -52,17 +58,18 @@ def _download_url(url: str, dst: Path) -> None:
     torch.hub.download_url_to_file(url, str(dst), progress=True)
 
 
-def _hf_snapshot(repo: str, local_only: bool) -> Path:
+def _hf_snapshot(entry: ModelEntry, local_only: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo, allow_patterns=HF_PATTERNS, local_files_only=local_only))
+    patterns = HF_PATTERNS_T5 if entry.config.family == "t5" else HF_PATTERNS
+    return Path(snapshot_download(entry.hf_repo, allow_patterns=patterns, local_files_only=local_only))
 
 
 def _cached_hf(entry: ModelEntry) -> Path | None:
     if not entry.hf_repo:
         return None
     try:
-        path = _hf_snapshot(entry.hf_repo, local_only=True)
+        path = _hf_snapshot(entry, local_only=True)
     except Exception:  # noqa: BLE001 - any failure means "not cached"
         return None
     return path if (path / "config.json").is_file() else None
@@ -81,12 +88,14 @@ def _download_fair_esm(entry: ModelEntry) -> Path:
 def instructions(entry: ModelEntry) -> str:
     """What to download and where to put it, for machines without internet access."""
     d = checkpoint_dir()
-    lines = [f"weights for {entry.name!r} are not cached and could not be downloaded. Either:",
-             f"  put {entry.url}", f"    at {d / (entry.name + '.pt')}"]
+    lines = [f"weights for {entry.name!r} are not cached and could not be downloaded. Either:"]
+    if entry.url:
+        lines += [f"  put {entry.url}", f"    at {d / (entry.name + '.pt')}"]
     if entry.regression_url:
         lines += [f"  and {entry.regression_url}", f"    at {d / (entry.name + '-contact-regression.pt')}"]
     if entry.hf_repo:
-        lines += [f"  or fetch the Hugging Face repo {entry.hf_repo} (config.json and model.safetensors)",
+        lines += [f"  {'or ' if entry.url else ''}fetch the Hugging Face repo {entry.hf_repo} "
+                  "(config.json, the weights and any tokenizer files)",
                   f"    into the HF cache on a connected machine: huggingface-cli download {entry.hf_repo}",
                   "    then copy the cache folder (HF_HOME) here,"]
     lines += ["  or pass the path of a local .pt file, HF folder or protlm folder instead of the name."]
@@ -100,13 +109,14 @@ def resolve(entry: ModelEntry) -> Path:
         return path
     errors = []
     if not _offline():
-        try:
-            return _download_fair_esm(entry)
-        except Exception as e:  # noqa: BLE001 - reported below with the instructions
-            errors.append(f"{entry.url}: {e}")
+        if entry.url:
+            try:
+                return _download_fair_esm(entry)
+            except Exception as e:  # noqa: BLE001 - reported below with the instructions
+                errors.append(f"{entry.url}: {e}")
         if entry.hf_repo:
             try:
-                return _hf_snapshot(entry.hf_repo, local_only=False)
+                return _hf_snapshot(entry, local_only=False)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"huggingface.co/{entry.hf_repo}: {e}")
     else:

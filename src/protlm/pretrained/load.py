@@ -1,5 +1,9 @@
 """`load_model_and_alphabet`: published names, fair-esm .pt files, HF folders, protlm folders.
 
+HF folders are read by their `model_type`: 'esm' (EsmForMaskedLM) or 't5' (T5EncoderModel or
+the full T5ForConditionalGeneration, of which the encoder is kept; ProtT5); the family's config,
+builder, key map and tokenizer come from protlm.pretrained.registry.
+
 Safety: .pt files are read with `torch.load(weights_only=True)`, allowing tensors, containers and
 exactly one metadata class, `argparse.Namespace` (ESM-1b's `args` and ESM-2's `cfg["model"]`
 are Namespaces). A pickle that names anything else (e.g. `os.system`) is refused, never run.
@@ -190,13 +194,44 @@ def _hf_state(path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: HF folder without model.safetensors or pytorch_model.bin")
 
 
-def load_hf(path: str | Path) -> ESM:
-    """A Hugging Face folder in the EsmForMaskedLM layout (config.json + weights)."""
+def load_hf(path: str | Path):
+    """A Hugging Face folder (config.json + weights) of any supported family."""
     path = Path(path)
     try:
         hf_cfg = json.loads((path / "config.json").read_text())
     except ValueError as e:
         raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    try:
+        family = registry.family_for_hf(hf_cfg.get("model_type"))
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    return {"esm": load_hf_esm, "t5": load_hf_t5}[family.name](path, hf_cfg)
+
+
+def load_hf_t5(path: Path, hf_cfg: dict):
+    """A T5 folder (ProtT5): encoder weights, any dtype (cast to the model's fp32), token ids from
+    the folder's spiece.model / tokenizer.json when present."""
+    from protlm.pretrained.convert_t5 import TiedEmbeddingError
+    from protlm.pretrained.vocab_files import VocabFileError
+
+    family = registry.family_for_hf("t5")
+    try:
+        config = family.hf_config(hf_cfg)
+        alphabet = family.tokenizer(path)
+        state = family.hf_to_protlm(_hf_state(path), config)
+    except (ValueError, KeyError, VocabFileError, TiedEmbeddingError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if len(alphabet) != config.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer files give {len(alphabet)} tokens, config.json "
+                              f"vocab_size is {config.vocab_size}")
+    model = family.build(config, alphabet)
+    load_state_strict(model, state, str(path), allowed_missing=CONTACT_KEYS)
+    model.contact_head.fitted = False  # ProtT5 has no published contact head
+    return model
+
+
+def load_hf_esm(path: Path, hf_cfg: dict) -> ESM:
+    """A Hugging Face folder in the EsmForMaskedLM layout."""
     alphabet = Alphabet()
     try:
         config = convert.hf_config_to_protlm(hf_cfg, alphabet)
@@ -252,7 +287,7 @@ def load_published(name: str) -> ESM:
             return load_path(p)
     path = download.resolve(entry)
     model = load_path(path)
-    fields = ("position_embedding", "num_layers", "embed_dim", "attention_heads")
+    fields = ("family", "num_layers", "embed_dim", "attention_heads")
     got, want = ({f: getattr(c, f) for f in fields} for c in (model.config, entry.config))
     if got != want:
         raise CheckpointError(f"{path}: does not hold {name!r}: file {got}, registry {want}")
@@ -281,11 +316,14 @@ def load_path(path: str | Path) -> ESM:
     raise NotFoundError(f"no such checkpoint: {path}")
 
 
-def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None):
+def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None,
+                            dtype: str | torch.dtype | None = None):
     """(model in eval mode, Alphabet) from a published name or a checkpoint path.
 
     Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
-    folder (EsmForMaskedLM layout), a protlm folder. Names: see `protlm.pretrained.registry`.
+    folder (EsmForMaskedLM or T5 layout), a protlm folder. Names: see `protlm.pretrained.registry`.
+    Weights load as fp32 whatever the file holds (ProtT5's half encoder is fp16); `dtype`
+    ('bf16', 'fp16', ...) casts the parameters after loading.
     """
     text = str(name_or_path)
     if Path(text).exists():
@@ -297,6 +335,10 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
     else:
         registry.get(text)  # raises UnknownModelError listing the published names
         raise AssertionError("unreachable")
+    if dtype is not None:
+        from protlm.dtypes import cast_parameters_
+
+        cast_parameters_(model, dtype)
     if device is not None:
         model = model.to(device)
     return model.eval(), model.alphabet

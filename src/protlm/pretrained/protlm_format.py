@@ -1,10 +1,13 @@
 """protlm's own checkpoint format: a folder with `config.json` and `model.safetensors`.
 
-safetensors holds tensors only, so loading it can never run code.
+safetensors holds tensors only, so loading it can never run code. config.json names the model
+`family` ('esm1b', 'esm2', 't5'; files written before families existed are ESM) and, for T5,
+the `vocabulary` the model was used with (token ids can differ between tokenizer files).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from protlm.io import atomic_path, atomic_write
-from protlm.models.config import ESMConfig
-from protlm.models.esm import ESM, build_model
+from protlm.alphabet import Alphabet
 from protlm.dtypes import cast_state
+from protlm.models.esm import ESM
+from protlm.pretrained.registry import family_of
 
 FORMAT_NAME = "protlm"
 FORMAT_VERSION = 1
@@ -43,8 +47,11 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
              for k, v in cast_state(model, model.state_dict(), dtype).items() if k not in TIED_KEYS}
     with atomic_path(path / WEIGHTS_FILE) as tmp:
         save_file(state, tmp, metadata={"format": FORMAT_NAME})
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config.to_dict(),
-            "contact_head_fitted": bool(model.contact_head.fitted), **(extra or {})}
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "family": model.config.family,
+            "model": model.config.to_dict(), "contact_head_fitted": bool(model.contact_head.fitted),
+            **(extra or {})}
+    if model.alphabet != Alphabet():
+        meta["vocabulary"] = list(model.alphabet.all_toks)
     atomic_write(path / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -77,11 +84,15 @@ def load_protlm(path: str | Path, weights_file: str | Path | None = None) -> ESM
 
     meta = read_protlm_config(path)
     try:
-        config = ESMConfig.from_dict(meta["model"])
+        family = family_of(meta.get("family", "esm"))
+        config = family.config_cls.from_dict(meta["model"])
+        alphabet = family.tokenizer(None)
+        if meta.get("vocabulary"):
+            alphabet = dataclasses.replace(alphabet, all_toks=list(meta["vocabulary"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load protlm checkpoint: {CONFIG_FILE} is not a model "
                               f"description ({type(e).__name__}: {e})") from None
-    model = build_model(config)
+    model = family.build(config, alphabet)
     weights = Path(weights_file or Path(path) / WEIGHTS_FILE)
     try:
         state = load_protlm_state(weights)

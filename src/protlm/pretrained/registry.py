@@ -1,30 +1,93 @@
-"""Published models: name -> config and where the weights live. Adding one is one entry."""
+"""Model families and published models. A new checkpoint is one entry; a new architecture is
+one model file plus one `Family` (config class, builder, HF key map and config map, tokenizer)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+from protlm.alphabet import Alphabet
 from protlm.errors import ProtlmError
-from protlm.models.config import ESMConfig, esm1b_config, esm2_config
+from protlm.models.config import ESMConfig, T5Config, esm1b_config, esm2_config, prot_t5_xl_config
+from protlm.models.esm import build_model
+from protlm.models.t5 import build_t5
+from protlm.pretrained import convert, convert_t5
+from protlm.pretrained.vocab_files import read_folder_vocab
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+
+
+def _esm_tokenizer(folder: Path | None) -> Alphabet:
+    return Alphabet()  # ESM's vocabulary is fixed; HF folders' vocab.txt is fair-esm's order
+
+
+def _t5_tokenizer(folder: Path | None) -> Alphabet:
+    """ProtT5's ids from the folder's spiece.model / tokenizer.json when present, else built in."""
+    found = read_folder_vocab(folder) if folder is not None else None
+    return Alphabet.prot_t5(found[0] if found else None)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What loading and writing need to know about one architecture."""
+
+    name: str
+    config_cls: type
+    build: Callable  # (config, alphabet | None) -> model
+    hf_model_type: str  # config.json `model_type`
+    hf_config: Callable[[dict], Any]  # HF config.json dict -> config
+    hf_to_protlm: Callable  # (HF state, config) -> protlm state
+    tokenizer: Callable[[Path | None], Alphabet]  # checkpoint folder (or None) -> Alphabet
+
+
+FAMILIES: dict[str, Family] = {
+    "esm": Family("esm", ESMConfig, build_model, "esm",
+                  lambda hf: convert.hf_config_to_protlm(hf, Alphabet()),
+                  lambda state, cfg: convert.hf_to_protlm(state, cfg.num_layers), _esm_tokenizer),
+    "t5": Family("t5", T5Config, build_t5, "t5", convert_t5.hf_config_to_protlm,
+                 convert_t5.hf_to_protlm, _t5_tokenizer),
+}
+
+
+def family_of(config_or_name) -> Family:
+    """The Family of a config object or a family/config name ('esm1b' and 'esm2' are 'esm')."""
+    name = getattr(config_or_name, "family", config_or_name)
+    name = "esm" if name in ("esm1b", "esm2") else name
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_for_hf(model_type: str | None) -> Family:
+    for fam in FAMILIES.values():
+        if fam.hf_model_type == model_type:
+            return fam
+    known = ", ".join(repr(f.hf_model_type) for f in FAMILIES.values())
+    raise ValueError(f"config.json has model_type {model_type!r}; supported: {known}")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    config: ESMConfig
+    config: ESMConfig | T5Config
     has_regression: bool = True  # a published -contact-regression.pt exists
-    hf_repo: str | None = None  # Hugging Face hub mirror (EsmForMaskedLM layout)
+    hf_repo: str | None = None  # Hugging Face hub repo (EsmForMaskedLM or T5 layout)
     packaged: str | None = None  # weights shipped inside protlm (file stem under protlm/weights)
+    fair_esm: bool = True  # published on dl.fbaipublicfiles.com too
 
     @property
-    def url(self) -> str:
-        return f"{FAIR_ESM_URL}/models/{self.name}.pt"
+    def family(self) -> Family:
+        return family_of(self.config)
+
+    @property
+    def url(self) -> str | None:
+        return f"{FAIR_ESM_URL}/models/{self.name}.pt" if self.fair_esm else None
 
     @property
     def regression_url(self) -> str | None:
-        return f"{FAIR_ESM_URL}/regression/{self.name}-contact-regression.pt" if self.has_regression else None
+        has = self.has_regression and self.fair_esm
+        return f"{FAIR_ESM_URL}/regression/{self.name}-contact-regression.pt" if has else None
 
 
 def _esm2(name: str, layers: int, dim: int, heads: int) -> ModelEntry:
@@ -44,15 +107,28 @@ _ENTRIES = [
     _esm2("esm2_t33_650M_UR50D", 33, 1280, 20),
     _esm2("esm2_t36_3B_UR50D", 36, 2560, 40),
     _esm2("esm2_t48_15B_UR50D", 48, 5120, 40),
+    # ProtT5-XL-U50 (Elnaggar et al. 2021): the full encoder-decoder (only the encoder is kept)
+    # and Rostlab's encoder-only fp16 copy. No published contact head: fit one on structures.
+    ModelEntry("prot_t5_xl_uniref50", prot_t5_xl_config(), has_regression=False,
+               hf_repo="Rostlab/prot_t5_xl_uniref50", fair_esm=False),
+    ModelEntry("prot_t5_xl_half_uniref50-enc", prot_t5_xl_config(), has_regression=False,
+               hf_repo="Rostlab/prot_t5_xl_half_uniref50-enc", fair_esm=False),
 ]
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
 # Tiny flavours of each family, used by every test (never downloaded).
-DEBUG_CONFIGS: dict[str, ESMConfig] = {
+DEBUG_CONFIGS: dict[str, ESMConfig | T5Config] = {
     "esm1b_debug": esm1b_config(num_layers=2, embed_dim=64, ffn_embed_dim=128, attention_heads=4),
     "esm2_debug": esm2_config(2, 64, 4),
+    "prot_t5_debug": prot_t5_xl_config(num_layers=2, d_model=64, num_heads=4, d_kv=16, d_ff=128),
 }
+
+
+def build_debug(name: str):
+    """A debug flavour's model (random weights) with its family's builder."""
+    config = DEBUG_CONFIGS[name]
+    return family_of(config).build(config, None)
 
 
 def register(entry: ModelEntry) -> None:
