@@ -219,6 +219,9 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
         model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
         check_lengths(summary, model.config.max_sequence_length, cfg.long)
+        if "bos" in cfg.include and not alphabet.prepend_bos:
+            raise EmbedError(f"{model_name}: this model's tokens have no BOS (ProtT5: residues then "
+                             "</s>); --include mean or per_tok instead of bos")
         layers = model.resolve_layers(cfg.repr_layers)
         meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
                 "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}

@@ -9,7 +9,10 @@ the function heads' embeddings (protlm.tasks.pooling) and `contacts predict`.
   exceeds `max_padding`), reduced layer by layer inside `ESM.forward`.
 - Proteins over the model's limit are cut into overlapping windows (protlm.windows) or
   truncated; window outputs are merged per residue (and per residue pair for contacts).
-- Pooling: mean over residues (BOS/EOS excluded, as fair-esm), BOS, max, per token.
+- Pooling: mean over residues (BOS/EOS excluded, as fair-esm), BOS, max, per token. Where
+  residues sit comes from the alphabet: ESM <cls> residues <eos>, ProtT5 residues </s> (no BOS,
+  so no 'bos' pooling). Models without a packed forward (T5: `supports_packing` False, its
+  relative position bias is per token pair) run the padded path for everything.
 - `compile=True` compiles each transformer layer; packed batches are padded with one dummy
   sequence to a multiple of `COMPILE_BUCKET` tokens so a long run builds a handful of graphs.
 - `forward` returns a `HostBatch` whose host copy may still be in flight (CUDA: pinned memory,
@@ -108,7 +111,9 @@ class Engine:
         self.layers = model.resolve_layers(repr_layers)
         self.toks_per_batch, self.long, self.max_padding = toks_per_batch, long, max_padding
         self.window = window or model.config.max_sequence_length
-        self.packed, self.compile = packed, compile
+        # T5's relative position bias needs (B, H, T, T) scores: it has no packed forward.
+        self.packed = packed and getattr(model, "supports_packing", True)
+        self.compile = compile and self.packed
         self.device = next(model.parameters()).device
         self.compile_s = 0.0  # wall time of forwards that compiled a new graph
         self._shapes: set[int] = set()  # packed token counts already compiled
@@ -117,7 +122,9 @@ class Engine:
         # dynamic=True: one graph per frame from the start (measured on CPU: 20 s of compilation
         # instead of 34 s for a static graph then a dynamic one, same speed after); token counts
         # bucketed to COMPILE_BUCKET still keep every shape a multiple of 256 for the kernels.
-        self._compiled = [torch.compile(layer._call_impl, dynamic=True) for layer in model.layers] if compile else None
+        self._compiled = ([torch.compile(layer._call_impl, dynamic=True) for layer in model.layers]
+                          if self.compile else None)
+        self._specials, self._offset = self.alphabet.num_specials, self.alphabet.residue_offset
 
     # ---- planning: host only, can run ahead of the device ----
     def spans(self, length: int) -> list[tuple[int, int]]:
@@ -132,7 +139,7 @@ class Engine:
 
     def cost(self, length: int) -> int:
         """Tokens a sequence costs (residues + BOS/EOS per window)."""
-        return sum(e - s + 2 for s, e in self.spans(length))
+        return sum(e - s + self._specials for s, e in self.spans(length))
 
     def batches(self, lengths: Sequence[int], want) -> list[list[int]]:
         """Record indices grouped into batches, shortest first (packed or padded budget)."""
@@ -146,6 +153,8 @@ class Engine:
 
     def plan(self, seqs: Sequence[str], records: Sequence[int], want) -> Job:
         """Tokenise one batch of records (`seqs[i]` for i in records) into forwards."""
+        if "bos" in want and not self.alphabet.prepend_bos:
+            raise InputError("this model's tokens have no BOS: use mean or max pooling, not bos")
         spans = [self.spans(len(seqs[i])) for i in records]
         job = Job(list(records), spans, [len(seqs[i]) for i in records],
                   [(r, s, e) for r, sp in enumerate(spans) for s, e in sp])
@@ -153,7 +162,7 @@ class Engine:
         budget, group, used = self.toks_per_batch, [], 0
         longest = 0
         for p, e in enumerate(enc):
-            n = len(e) + 2
+            n = len(e) + self._specials
             padded = (len(group) + 1) * max(longest, n)
             over = (used + n if self._is_packed(want) else padded) > budget
             if group and over:
@@ -231,9 +240,9 @@ class Engine:
         out = self.model(tokens_BT, repr_layers=self.layers, return_contacts="contacts" in want,
                          return_logits=False)
         x_BLTD = torch.stack([out["representations"][k] for k in self.layers], 1).float()
-        n_B = tokens_BT.ne(self.alphabet.padding_idx).sum(1) - 2
-        pos_T = torch.arange(tokens_BT.shape[1], device=self.device)
-        res_BT = (pos_T >= 1) & (pos_T <= n_B[:, None])
+        n_B = tokens_BT.ne(self.alphabet.padding_idx).sum(1) - self._specials
+        pos_T = torch.arange(tokens_BT.shape[1], device=self.device) - self._offset
+        res_BT = (pos_T >= 0) & (pos_T < n_B[:, None])  # residues only: no BOS, EOS or padding
         host = {}
         if "mean" in want:
             host["mean"] = (x_BLTD * res_BT[:, None, :, None]).sum(2) / n_B[:, None, None]
@@ -245,7 +254,8 @@ class Engine:
         n = n_B.tolist()
         if "per_tok" in want:
             x_host = _to_host(x_BLTD)
-            host["per_tok"] = [x_host[b, :, 1 : n[b] + 1] for b in range(len(n))]
+            o = self._offset
+            host["per_tok"] = [x_host[b, :, o : n[b] + o] for b in range(len(n))]
         if "contacts" in want:
             c = _to_host(out["contacts"].float())
             host["contacts"] = [c[b, : n[b], : n[b]] for b in range(len(n))]

@@ -1,7 +1,8 @@
 """Whole-protein vectors from per-token representations (pure functions) and a batched forward.
 
-Token layout (fair-esm): BOS at position 0, residues at 1..n, EOS at n+1, then padding.
-Pooling never looks at EOS or padding, so a vector does not depend on what it was batched with.
+Token layout (fair-esm): BOS at position 0, residues at 1..n, EOS at n+1, then padding; ProtT5
+has no BOS (`offset=0`: residues at 0..n-1, `</s>` at n). Pooling never looks at BOS, EOS or
+padding, so a vector does not depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from protlm.errors import InputError
 POOLINGS = ("mean", "bos", "max")
 
 
-def residue_mask(lengths_B: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, T) bool: True at the residue positions 1..n of each row."""
-    pos_T = torch.arange(T, device=lengths_B.device)
-    return (pos_T >= 1) & (pos_T <= lengths_B[:, None])
+def residue_mask(lengths_B: torch.Tensor, T: int, offset: int = 1) -> torch.Tensor:
+    """(B, T) bool: True at the residue positions offset..offset+n-1 of each row."""
+    pos_T = torch.arange(T, device=lengths_B.device) - offset
+    return (pos_T >= 0) & (pos_T < lengths_B[:, None])
 
 
-def mean_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
+def mean_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor, offset: int = 1) -> torch.Tensor:
     """(B, T, D) -> (B, D): mean over residues only (fair-esm's `mean_representations`)."""
-    m_BT = residue_mask(lengths_B, x_BTD.shape[1]).to(x_BTD.dtype)
+    m_BT = residue_mask(lengths_B, x_BTD.shape[1], offset).to(x_BTD.dtype)
     return (x_BTD * m_BT[..., None]).sum(1) / lengths_B[:, None].to(x_BTD.dtype)
 
 
@@ -34,9 +35,9 @@ def bos_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor | None = None) -> torc
     return x_BTD[:, 0]
 
 
-def max_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
+def max_pool(x_BTD: torch.Tensor, lengths_B: torch.Tensor, offset: int = 1) -> torch.Tensor:
     """(B, T, D) -> (B, D): per-feature max over residues (BOS/EOS/padding set to -inf first)."""
-    m_BT = residue_mask(lengths_B, x_BTD.shape[1])
+    m_BT = residue_mask(lengths_B, x_BTD.shape[1], offset)
     return x_BTD.masked_fill(~m_BT[..., None], float("-inf")).amax(1)
 
 
