@@ -104,3 +104,20 @@ def test_full_depth_xl_parity(tmp_path, seqs):
     hf = W.hf_t5(**W.PROT_T5_XL)
     hf.save_pretrained(tmp_path / "xl")
     _check(hf, tmp_path / "xl", seqs[:2])
+
+
+def test_protlm_convert_to_hf_loads_in_transformers(tmp_path, seqs):
+    from click.testing import CliRunner
+    from transformers import T5EncoderModel
+
+    from protlm.cli.main import cli
+
+    W.hf_t5(seed=2, feed_forward_proj="gated-gelu").save_pretrained(tmp_path / "src")
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "src"), str(tmp_path / "hf"), "--to", "hf"])
+    assert r.exit_code == 0, r.output
+    hf = T5EncoderModel.from_pretrained(tmp_path / "hf").eval()
+    _check(hf, tmp_path / "hf", seqs)
+    again, _ = load_model_and_alphabet(tmp_path / "src")
+    back, _ = load_model_and_alphabet(tmp_path / "hf")
+    weights = {k: v for k, v in back.state_dict().items() if not k.startswith("contact_head.")}
+    assert weights and all(torch.equal(v, again.state_dict()[k]) for k, v in weights.items())

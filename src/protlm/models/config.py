@@ -110,8 +110,8 @@ class T5Config(_DictConfig):
     relative_attention_max_distance: int = 128
     vocab_size: int = 128
     layer_norm_epsilon: float = 1e-6
-    # Relative positions set no hard limit; this is where protlm windows or truncates (--long).
-    # ProtT5 was pretrained on crops of up to 512 residues; longer inputs run, but are extrapolation.
+    # Relative positions set no hard limit; this is protlm's choice of where to window or
+    # truncate (--long), not a published number.
     max_residues: int = 4000
     dropout: float = 0.0  # training only
 
