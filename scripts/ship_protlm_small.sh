@@ -18,10 +18,10 @@ python -m protlm.train.export "$ckpt" "$dest" --dtype fp16
 train_files=$(python - "$structs" <<'PY'
 import sys
 from protlm.alphabet import Alphabet
-from protlm.contacts.pipeline import protein_chains
+from protlm.contacts.pipeline import protein_chains, split_chains
 from protlm.contacts.structures import structure_files
-chains = protein_chains(structure_files(sys.argv[1]), Alphabet())
-print(" ".join(f"--structures {c.source}:{c.chain}" for i, c in enumerate(chains) if i % 3 != 2))
+train, _ = split_chains(protein_chains(structure_files(sys.argv[1]), Alphabet()))
+print(" ".join(f"--structures {c.source}:{c.chain}" for c in train))
 PY
 )
 # shellcheck disable=SC2086
