@@ -31,6 +31,8 @@ python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \
     --fasta runs/data/msa_eval.fasta | tee runs/eval/ppl_msa.json
 python benchmarks/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
+protlm evaluate --models protlm_small --perplexity runs/data/cath_valid.fasta --structures "$structs" \
+    --output runs/eval/compare.md
 python benchmarks/function_eval.py --model protlm_small --cache-dir runs/eval/cache --out runs/eval/function.json | tee runs/eval/function.txt
 python benchmarks/variants_eval.py --model protlm_small --methods masked-marginal wt-marginal \
     --out runs/eval/variants.json \

@@ -57,6 +57,7 @@ def test_markdown_puts_published_rows_beside_measured_ones():
     assert second[2] == "| esm2_t33_650M_UR50D | 0.000 | 0.200 | 0.300 | 0.500 | the model's own |"
     assert len(second) == 2 + 3  # measured models only
     assert "¹ CASP14 / CAMEO" in text and "² ppl note" in text and "Lin et al., Science 2023" in text
+    assert "Lin et al." not in to_markdown(ROWS[2:])  # the source is named only under published rows
 
 
 def test_csv_has_one_line_per_table_line_and_empty_cells_for_dashes():

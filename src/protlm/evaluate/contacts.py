@@ -48,7 +48,7 @@ def choose_head(model, alphabet: Alphabet, name: str, train: Sequence[ChainStruc
     if given is not None:
         load_contact_regression(model, given)
         return f"pre-fitted ({given})"
-    if model.contact_head.fitted:
+    if getattr(model.contact_head, "fitted", False):
         return "the model's own"
     weight, bias = pipeline.fit_attention_head(model, alphabet, train, C=C)
     set_regression(model, weight, bias)

@@ -68,16 +68,17 @@ def to_markdown(rows: Sequence[dict], notes: Sequence[str] = ()) -> str:
              _cell(ln["CAMEO"], 2) + ("¹" if ln["source"] == "measured" else "")] for ln in ls]
     second = [[ln["model"], *(_cell(ln[f"{r} {f}"], 3) for r in ("short", "medium") for f in FRACTIONS),
                ln["contact_head"] or DASH] for ln in ls if ln["source"] == "measured"]
-    text = _md_table(["model", "", "params", "validation perplexity²", "long-range P@L³", "long-range P@L/5³",
+    text = _md_table(["model", "source", "params", "validation perplexity²", "long-range P@L³", "long-range P@L/5³",
                       "CASP14", "CAMEO"], main)
     text += ["", *_md_table(["model", "short P@L³", "short P@L/5³", "medium P@L³", "medium P@L/5³",
                              "contact head"], second)]
-    text += ["", "¹ CASP14 / CAMEO are TM-scores of a structure-prediction trunk trained on the language "
-             "model; there is none in protlm, so they are not measured.", *notes,
-             f"Published rows: {SOURCE} (protlm/evaluate/{TABLE_FILE}); their perplexity and contacts are "
-             "measured on other data (UniRef50 validation, their structure test set), so compare the "
-             "measured rows with each other and the published ones as a scale."]
-    return "\n".join(text) + "\n"
+    notes = ["¹ CASP14 / CAMEO are TM-scores of a structure-prediction trunk trained on the language "
+             "model; there is none in protlm, so they are not measured.", *notes]
+    if any(ln["source"] == "published" for ln in ls):
+        notes.append(f"Published rows: {SOURCE} (protlm/evaluate/{TABLE_FILE}); their perplexity and "
+                     "contacts are measured on other data (UniRef50 validation, their structure test set), "
+                     "so compare the measured rows with each other and the published ones as a scale.")
+    return "\n".join(text) + "\n\n" + "\n\n".join(notes) + "\n"  # a paragraph per note
 
 
 def to_csv(rows: Sequence[dict]) -> str:
