@@ -30,20 +30,21 @@ FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv"}
               help="inverse L1 strength of heads fitted here")
 @click.option("--toks-per-batch", type=click.IntRange(min=1), default=8192, show_default=True,
               help="tokens per perplexity batch (does not change the figure)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="progress bars on stderr")
 def command(models, perplexity_fasta, structures, heads, output, max_sequences, seed, C, toks_per_batch,
             device, progress):
     """Compare models: parameters, validation perplexity, contact precision, beside published figures."""
     from protlm.errors import InputError
-    from protlm.evaluate.run import EvalSettings, pick_device, run_evaluation
+    from protlm.embed import check_device
+    from protlm.evaluate.run import EvalSettings, run_evaluation
 
     fmt = FORMATS.get(Path(output).suffix.lower())
     if fmt is None:
         raise InputError(f"--output must end in .md or .csv, got {output}")
     names = [n.strip() for arg in models for n in arg.split(",") if n.strip()]
     settings = EvalSettings(perplexity_fasta, structures, heads, seed, max_sequences, C=C,
-                            toks_per_batch=toks_per_batch, device=pick_device(device))
+                            toks_per_batch=toks_per_batch, device=check_device(device))
     table = run_evaluation(names, settings, output, fmt, progress,
                            echo=lambda m: click.echo(m, err=True))
     click.echo(table, nl=False)

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from protlm.alphabet import Alphabet
 from protlm.contacts.structures import ChainStructure
 from protlm.evaluate.contacts import DEFAULT_C, contact_precision, heads_file
@@ -178,8 +176,3 @@ def _labels(chains: Sequence[ChainStructure]) -> str:
     from protlm.contacts.pipeline import chain_label
 
     return ", ".join(chain_label(c) for c in chains)
-
-
-def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
