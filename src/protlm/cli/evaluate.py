@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.evaluate.contacts import DEFAULT_C
 from protlm.evaluate.perplexity import DEFAULT_SEED
 
@@ -32,8 +33,9 @@ FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv"}
               help="tokens per perplexity batch (does not change the figure)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="progress bars on stderr")
+@unknown_to_x
 def command(models, perplexity_fasta, structures, heads, output, max_sequences, seed, C, toks_per_batch,
-            device, progress):
+            device, progress, unknown_to_x):
     """Compare models: parameters, validation perplexity, contact precision, beside published figures."""
     from protlm.errors import InputError
     from protlm.embed import check_device
@@ -44,7 +46,8 @@ def command(models, perplexity_fasta, structures, heads, output, max_sequences, 
         raise InputError(f"--output must end in .md or .csv, got {output}")
     names = [n.strip() for arg in models for n in arg.split(",") if n.strip()]
     settings = EvalSettings(perplexity_fasta, structures, heads, seed, max_sequences, C=C,
-                            toks_per_batch=toks_per_batch, device=check_device(device))
+                            unknown=unknown_arg(unknown_to_x), toks_per_batch=toks_per_batch,
+                            device=check_device(device))
     table = run_evaluation(names, settings, output, fmt, progress,
                            echo=lambda m: click.echo(m, err=True))
     click.echo(table, nl=False)

@@ -35,6 +35,7 @@ class EvalSettings:
     max_sequences: int | None = None
     mask_prob: float = 0.15
     C: float = DEFAULT_C
+    unknown: str | None = None  # 'X': map letters outside the alphabet to X (else they are refused)
     toks_per_batch: int = 8192  # not in the key: batches do not change the perplexity
     device: str = "cpu"  # not in the key
 
@@ -56,7 +57,7 @@ def load_data(s: EvalSettings) -> EvalData:
 
     alphabet, seqs, train, held = Alphabet(), [], [], []
     if s.perplexity_fasta:
-        seqs = [r.sequence for r in load_fasta(s.perplexity_fasta, alphabet=alphabet)]
+        seqs = [r.sequence for r in load_fasta(s.perplexity_fasta, alphabet=alphabet, unknown=s.unknown)]
         seqs = [seqs[i] for i in subsample(seqs, s.max_sequences)]
     if s.structures:
         train, held = pipeline.split_chains(pipeline.protein_chains(structure_files(s.structures), alphabet))
