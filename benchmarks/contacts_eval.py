@@ -17,7 +17,7 @@ import numpy as np
 
 from protlm.contacts import pipeline
 from protlm.contacts.bilinear import BilinearTrainConfig
-from protlm.contacts.fit import save_regression
+from protlm.contacts.fit import save_regression, set_regression
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.structures import structure_files
 
@@ -46,12 +46,10 @@ def main() -> None:
 
     model, alphabet, _ = pipeline.load_for_contacts(args.model)
     chains = pipeline.protein_chains(structure_files(args.structures), alphabet)
-    held = [c for i, c in enumerate(chains) if i % 3 == 2]
-    train = [c for i, c in enumerate(chains) if i % 3 != 2]
+    train, held = pipeline.split_chains(chains)
     t0 = time.time()
     w, b = pipeline.fit_attention_head(model, alphabet, train, C=args.C)
-    model.contact_head.regression.weight.data.copy_(w)
-    model.contact_head.regression.bias.data.copy_(b)
+    set_regression(model, w, b)
     cfg = BilinearTrainConfig(proj_dim=args.proj_dim, epochs=args.epochs)
     bil = pipeline.fit_bilinear_head(model, alphabet, train, cfg, args.model)
     fit_s = time.time() - t0

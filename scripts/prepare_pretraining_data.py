@@ -6,6 +6,9 @@ Writes, under --out:
 - `cath_train.fasta`: CATH S40 domains (`sequences/cath_s40.fasta`) minus leaks. `protlm train`
   holds 5% of it out by a hash of the record ID (data.valid_fraction); the 40% identity cap of
   S40 makes that split free of close homologs.
+- `cath_valid.fasta`: the records of `cath_train.fasta` that `protlm train` holds out (the same
+  ID-hash split, --valid-fraction = data.valid_fraction of configs/protlm_small.toml), as a file of
+  their own for `protlm evaluate --perplexity`.
 - `msa_eval.fasta`: every query and hit of `msas/*.a3m` ('-' removed, letters upper-cased, which
   recovers each hit's own sequence), deduplicated. Evaluation data only: never trained on.
 - `leaks.tsv`: each CATH record removed, with the evaluation sequence it matched and the shared
@@ -24,9 +27,13 @@ import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from protlm.alphabet import Alphabet
 from protlm.contacts.structures import chain_sequences, structure_files
 from protlm.data.fasta import iter_raw_records, write_fasta
+from protlm.data.index import id_hash
+from protlm.data.sampler import heldout_mask
 from protlm.io import atomic_path
 
 K = 5
@@ -86,6 +93,8 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path("runs/data"))
     ap.add_argument("--max-shared", type=float, default=0.30, help="5-mer fraction at which a record is a leak")
+    ap.add_argument("--valid-fraction", type=float, default=0.05,
+                    help="held-out fraction of cath_train.fasta written to cath_valid.fasta (as data.valid_fraction)")
     args = ap.parse_args(argv)
     alphabet = Alphabet()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +112,9 @@ def main(argv=None):
         else:
             train.append((rid, seq))
 
-    for name, records in (("cath_train.fasta", train), ("msa_eval.fasta", msa)):
+    held = heldout_mask(np.array([id_hash(rid) for rid, _ in train], dtype=np.int64), args.valid_fraction)
+    valid = [r for r, h in zip(train, held) if h]
+    for name, records in (("cath_train.fasta", train), ("cath_valid.fasta", valid), ("msa_eval.fasta", msa)):
         with atomic_path(args.out / name) as tmp:
             write_fasta(records, tmp)
         print(f"{args.out / name}: {len(records)} sequences, {sum(len(s) for _, s in records)} residues")

@@ -18,10 +18,10 @@ python -m protlm.train.export "$ckpt" "$dest" --dtype fp16
 train_files=$(python - "$structs" <<'PY'
 import sys
 from protlm.alphabet import Alphabet
-from protlm.contacts.pipeline import protein_chains
+from protlm.contacts.pipeline import protein_chains, split_chains
 from protlm.contacts.structures import structure_files
-chains = protein_chains(structure_files(sys.argv[1]), Alphabet())
-print(" ".join(f"--structures {c.source}:{c.chain}" for i, c in enumerate(chains) if i % 3 != 2))
+train, _ = split_chains(protein_chains(structure_files(sys.argv[1]), Alphabet()))
+print(" ".join(f"--structures {c.source}:{c.chain}" for c in train))
 PY
 )
 # shellcheck disable=SC2086
@@ -31,6 +31,8 @@ python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \
     --fasta runs/data/msa_eval.fasta | tee runs/eval/ppl_msa.json
 python benchmarks/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
+protlm evaluate --models protlm_small --perplexity runs/data/cath_valid.fasta --structures "$structs" \
+    --output runs/eval/compare.md
 python benchmarks/function_eval.py --model protlm_small --cache-dir runs/eval/cache --out runs/eval/function.json | tee runs/eval/function.txt
 python benchmarks/variants_eval.py --model protlm_small --methods masked-marginal wt-marginal \
     --out runs/eval/variants.json \

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "contacts": "protlm.cli.contacts",
     "function": "protlm.cli.function",
     "variants": "protlm.cli.variants",
+    "evaluate": "protlm.cli.evaluate",
 }
 
 

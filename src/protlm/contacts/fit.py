@@ -93,8 +93,14 @@ def load_contact_regression(model: ESM, path: str | Path) -> ESM:
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != want:
         raise CheckpointError(f"{path}: regression shapes {got} do not fit this model's contact head {want}")
+    return set_regression(model, state[KEYS[0]], state[KEYS[1]])
+
+
+def set_regression(model: ESM, weight: torch.Tensor, bias: torch.Tensor) -> ESM:
+    """Put fitted (1, X) weight and (1,) bias into `model.contact_head`; it counts as fitted."""
+    head = model.contact_head.regression
     with torch.no_grad():
-        head.weight.copy_(state[KEYS[0]])
-        head.bias.copy_(state[KEYS[1]])
+        head.weight.copy_(weight.reshape(head.weight.shape))
+        head.bias.copy_(bias.reshape(head.bias.shape))
     model.contact_head.fitted = True
     return model

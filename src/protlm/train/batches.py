@@ -55,6 +55,12 @@ def example(index: FastaIndex, rec: int, seed: int, epoch: int, max_length: int,
     """(inputs_T, targets_T) of one record: random crop, BOS/EOS, masking."""
     rng = np.random.default_rng([seed, epoch, rec])
     seq = alphabet.clean(index[rec].sequence, record=index[rec].id)
+    return masked_example(seq, rng, max_length, alphabet, mask_prob)
+
+
+def masked_example(seq: str, rng: np.random.Generator, max_length: int, alphabet: Alphabet,
+                   mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs_T, targets_T) of a clean sequence: crop and masks drawn from `rng` alone."""
     start, end = crop_window(len(seq), max_length, rng)
     tokens_T = torch.tensor([alphabet.cls_idx, *alphabet.encode(seq[start:end]), alphabet.eos_idx])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))

@@ -150,14 +150,19 @@ def masked_ce_sum(model: nn.Module, batch: MLMBatch, autocast_dtype) -> torch.Te
     ranks together, which a per-batch mean could not give. A padded batch runs the LM head at
     every position; a packed one only at its masked positions (`masked_at`).
     """
+    logits, targets = masked_logits(model, batch, autocast_dtype)
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def masked_logits(model: nn.Module, batch: MLMBatch, autocast_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (M, V), targets (M,)) when packed: the masked positions only; (B*T, V), (B*T,)
+    when padded, targets IGNORE_INDEX off the masked positions."""
     with torch.autocast(batch.inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         if batch.packed:
             logits = model(batch.inputs, cu_seqlens=batch.cu_seqlens, logits_at=batch.masked_at)["logits"]  # (M, V)
-            targets = batch.targets  # (M,)
-        else:
-            logits = model(batch.inputs)["logits"].flatten(0, 1)  # (B*T, V)
-            targets = batch.targets.flatten()
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            return logits, batch.targets  # (M,)
+        logits = model(batch.inputs)["logits"].flatten(0, 1)  # (B*T, V)
+        return logits, batch.targets.flatten()
 
 
 def train_step(model, micro_batches: list[MLMBatch], optimizer, scheduler, cfg: TrainConfig, d: Dist,

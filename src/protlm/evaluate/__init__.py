@@ -1,0 +1,2 @@
+"""`protlm evaluate`: compare models on parameters, masked perplexity and contact precision,
+beside the published figures (see protlm.evaluate.run)."""
