@@ -103,3 +103,21 @@ def test_contacts_fit_attention_then_predict(tmp_path, t5_dir, shared_data):
     with torch.no_grad():
         ref = model.predict_contacts(torch.tensor([alphabet.encode(seq) + [alphabet.eos_idx]]))[0]
     np.testing.assert_allclose(m, ref.numpy(), atol=1e-5)
+
+
+def test_evaluate_gives_no_perplexity_and_fits_an_attention_head(tmp_path, t5_dir, shared_data):
+    structs = tmp_path / "structs"
+    structs.mkdir()
+    for n in ("1k6p", "1l2y", "2axd"):
+        shutil.copy(shared_data / "structures" / f"{n}.cif", structs)
+    fasta = tmp_path / "heldout.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQ\n")
+    out = tmp_path / "table.md"
+    r = _cli("evaluate", "--models", t5_dir, "--perplexity", fasta, "--structures", structs,
+             "--no-progress", "--output", out)
+    assert r.exit_code == 0, r.output
+    [row] = [ln for ln in out.read_text().splitlines() if "| measured |" in ln]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[3] == "—"  # the encoder has no MLM head
+    assert 0 <= float(cells[4]) <= 1  # contacts from an attention head fitted on the training chains
+    assert "fitted here on 2 training chains" in out.read_text()
