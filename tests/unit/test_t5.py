@@ -62,7 +62,7 @@ def _spiece_model(tmp_path):
     return spm.SentencePieceProcessor(model_proto=buf.getvalue())
 
 
-def test_spiece_reader_agrees_with_sentencepiece(tmp_path):
+def test_spiece_model_gives_its_ids_and_t5_sentinels(tmp_path):
     sp = _spiece_model(tmp_path)
     pieces = spiece_pieces((tmp_path / "spiece.model").read_bytes())
     assert pieces == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
@@ -88,6 +88,10 @@ def test_tokenizer_json_is_read(tmp_path):
     assert read_folder_vocab(tmp_path) == (prot_t5_vocab(), "tokenizer.json")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(VocabFileError):
+        read_folder_vocab(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "spiece.model").write_bytes(b"not a model")
+    with pytest.raises(VocabFileError, match="not a sentencepiece model"):
         read_folder_vocab(tmp_path)
 
 

@@ -1,9 +1,7 @@
 """Token ids from a checkpoint folder's own tokenizer files (ProtT5), without running code.
 
-`tokenizer.json` (the `tokenizers` format) is JSON; `spiece.model` is a sentencepiece
-`ModelProto`, a protobuf whose field 1 repeats `SentencePiece {piece = 1 (string), score = 2,
-type = 3}` in id order. It is read here with a 30-line wire-format reader, so neither
-sentencepiece nor protobuf is needed. T5Tokenizer then appends `extra_ids` sentinels
+`tokenizer.json` (the `tokenizers` format) is JSON; `spiece.model` is a sentencepiece model,
+read by the sentencepiece library. T5Tokenizer then appends `extra_ids` sentinels
 (tokenizer_config.json, default 100), `<extra_id_0>` last.
 """
 
@@ -20,52 +18,16 @@ class VocabFileError(ValueError):
     """A tokenizer file that cannot be read."""
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf):
-            raise VocabFileError("truncated varint")
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not b & 0x80:
-            return value, i
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) of a protobuf message; value is bytes for wire 2."""
-    i = 0
-    while i < len(buf):
-        tag, i = _varint(buf, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        else:
-            raise VocabFileError(f"unsupported protobuf wire type {wire}")
-        if i > len(buf):
-            raise VocabFileError("truncated message")
-        yield field, wire, value
-
-
 def spiece_pieces(data: bytes) -> list[str]:
-    """The pieces of a sentencepiece model, in id order."""
-    pieces = []
-    for field, wire, value in _fields(data):
-        if field == 1 and wire == 2:
-            piece = next((v for f, w, v in _fields(value) if f == 1 and w == 2), None)
-            if piece is None:
-                raise VocabFileError("a SentencePiece entry without its piece")
-            pieces.append(piece.decode("utf-8"))
-    if not pieces:
-        raise VocabFileError("no pieces found (not a sentencepiece model?)")
-    return pieces
+    """The pieces of a sentencepiece model, in id order (read by sentencepiece itself)."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+    except (RuntimeError, OSError) as e:  # sentencepiece reports a bad proto as RuntimeError
+        raise VocabFileError(f"not a sentencepiece model ({e})") from None
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
 
 def _extra_ids(folder: Path) -> int:
