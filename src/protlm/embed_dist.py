@@ -162,7 +162,7 @@ def _run(r: Ranks, fasta, model_name, output: Path, cfg, fmt, device, dtype, pro
             stats["ranks"] = per_rank
         if plan["merge"]:
             t0 = time.perf_counter()
-            merge(output, plan["meta"], local["summary"])
+            merge(output, plan["meta"], local["summary"].ids, plan["owner"], local["found"])
             stats["merge_s"] = time.perf_counter() - t0
         return stats
 
@@ -178,7 +178,8 @@ def _plan(world, fasta, model_name, output: Path, cfg, fmt, device, dtype, model
     """Rank 0: validate, load, read what is written, split what is missing among `world` ranks."""
     summary, model, alphabet, meta = E.load_checked(fasta, model_name, cfg, fmt, dtype, model_loader)
     if fmt == "h5":
-        stored = {rid: h for rid, (_, h) in locate(output, meta, dict(summary.hashed_ids())).items()}
+        local["found"] = locate(output, meta, dict(summary.hashed_ids()))
+        stored = {rid: h for rid, (_, h) in local["found"].items()}
     else:
         stored = embed_io.PtOutput(output, meta).done_hashes(summary.ids)
     changed = changed_records(stored, summary.hashed_ids())
@@ -307,17 +308,25 @@ class RoundCounter:
         return self._figures
 
 
-def merge(output: Path, meta: dict, summary) -> None:
-    """Rank 0, every rank done: one consolidated OUT from wherever each record is, then the
-    parts and shards removed. A merge killed before its rename is redone; after it, OUT holds
-    everything and the leftovers are only removed."""
-    current = dict(summary.hashed_ids())
-    found = locate(output, meta, current)
-    missing = [rid for rid in summary.ids if found.get(rid, (None, None))[1] != current[rid]]
-    if missing:
-        raise RuntimeError(f"{len(missing)} record(s) missing after every rank finished, e.g. {missing[0]!r}")
-    if any(file != output for file, _ in found.values()):
-        embed_io.merge_h5(output, meta, {rid: file for rid, (file, _) in found.items()})
+def merge(output: Path, meta: dict, ids: list[str], owner: np.ndarray,
+          found: dict[str, tuple[Path, str | None]]) -> None:
+    """Rank 0, every rank done: one consolidated OUT, then the parts and shards removed.
+
+    Records of this run (owner >= 0) come from their rank's shard, newest batch file; the others
+    from where the plan found them (`locate`). A merge killed before its rename is redone;
+    after it, OUT holds everything and the leftovers are only removed.
+    """
+    todo = owner >= 0
+    files = {rid: file for rid, (file, _) in found.items()}
+    for rank in np.unique(owner[todo]).tolist():
+        mine = {ids[i] for i in np.flatnonzero(owner == rank).tolist()}
+        written = embed_io.H5Output(shard_path(output, rank), meta).part_files(mine)
+        if len(written) != len(mine):
+            missing = sorted(mine.difference(written))
+            raise RuntimeError(f"rank {rank} finished without {len(missing)} of its records, e.g. {missing[0]!r}")
+        files.update(written)
+    if any(file != output for file in files.values()):
+        embed_io.merge_h5(output, meta, files)
     for leftover in (output.with_name(output.name + ".parts"), shards_dir(output)):
         if leftover.is_dir():
             shutil.rmtree(leftover)

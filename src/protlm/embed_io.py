@@ -126,6 +126,15 @@ class H5Output:
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
 
+    def part_files(self, ids: set[str]) -> dict[str, Path]:
+        """{id: the newest batch file holding it} for those of `ids` in the parts: names only,
+        no attributes read, so cheap for millions of records."""
+        files = {}
+        for shard in self._shards():
+            with h5py.File(shard, "r") as f:
+                files.update((rid, shard) for rid in f.keys() if rid in ids)
+        return files
+
     def unfinished(self) -> bool:
         """True when shards from an earlier run still wait to be consolidated."""
         return self.parts.is_dir()
