@@ -256,9 +256,10 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
-    if embed_dist.wanted(distributed, output, fmt):
+    distributed = embed_dist.resolve(distributed)
+    if distributed or embed_dist.has_shards(output, fmt):
         return embed_dist.embed_sharded(fasta, model_name, output, cfg, fmt, device, dtype, progress,
-                                        model_loader, overwrite_changed)
+                                        model_loader, overwrite_changed, distributed)
     with output_lock(output):  # before the FASTA scan and model load: a second writer fails fast
         summary, model, alphabet, meta = load_checked(fasta, model_name, cfg, fmt, dtype, model_loader)
         out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)

@@ -62,14 +62,19 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def wanted(distributed: bool | None, output, fmt: str) -> bool:
-    """Take the sharded path: asked for, under torchrun, or rank shards are left to merge."""
+def resolve(distributed: bool | None) -> bool:
+    """Run as a torchrun rank: when asked (torchrun's environment must then be set) or, for
+    None, when that environment is set."""
     if distributed and not under_torchrun():
         raise E.EmbedError("--distributed runs under torchrun, which sets RANK and WORLD_SIZE "
                            "(torchrun --nproc_per_node G -m protlm.cli.main embed ...)")
-    if distributed is None:
-        distributed = under_torchrun()
-    return distributed or (fmt == "h5" and shards_dir(output).is_dir())
+    return under_torchrun() if distributed is None else distributed
+
+
+def has_shards(output, fmt: str) -> bool:
+    """Rank shards of an earlier torchrun job wait in OUT.shards/: any run on OUT takes the
+    sharded path (alone, as a job of one rank) to use and merge them."""
+    return fmt == "h5" and shards_dir(output).is_dir()
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,9 @@ class Ranks:
     owned: bool = False  # this call created the process group (and destroys it)
 
 
-def join(device: str) -> Ranks:
+def join(device: str, distributed: bool) -> Ranks:
     """Join torchrun's process group when WORLD_SIZE > 1 (NCCL + gloo on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
     if world == 1:
         return Ranks()
     owned = not dist.is_initialized()
@@ -125,10 +130,11 @@ def from_rank0(r: Ranks, fn):
 
 
 def embed_sharded(fasta, model_name, output, cfg: E.EmbedConfig, fmt: str, device: str, dtype: str,
-                  progress: bool, model_loader, overwrite_changed: bool) -> dict | None:
+                  progress: bool, model_loader, overwrite_changed: bool, distributed: bool) -> dict | None:
     """One rank's part of a sharded `protlm embed` (see the module doc); rank 0 returns the
-    counts, with per-rank figures under 'ranks', the other ranks None."""
-    r = join(device)
+    counts, with per-rank figures under 'ranks', the other ranks None. Not `distributed`: a job
+    of one rank, whatever the environment says."""
+    r = join(device, distributed)
     try:
         return _run(r, fasta, model_name, Path(output), cfg, fmt, rank_device(device, r), dtype,
                     progress, model_loader, overwrite_changed)

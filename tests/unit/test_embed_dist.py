@@ -36,7 +36,7 @@ def same_file_content(a, b):
 
 
 def test_rank_shards_of_a_killed_job_are_resumed_by_one_plain_process(tmp_path, shared_data, debug_model,
-                                                                      no_torchrun):
+                                                                      no_torchrun, monkeypatch):
     fasta = shared_data / "sequences" / "some_proteins.fasta"
     model = debug_model("esm2_debug")
     save_protlm(model, tmp_path / "m")
@@ -48,13 +48,16 @@ def test_rank_shards_of_a_killed_job_are_resumed_by_one_plain_process(tmp_path, 
     shard.done_hashes(), shard.begin()
     done = list(extract(model, model.alphabet, fasta, dataclasses.replace(CFG, toks_per_batch=300)))[:4]
     shard.write_batch(done[:2]), shard.write_batch(done[2:])
-    assert embed_dist.wanted(None, out, "h5") and not embed_dist.wanted(None, tmp_path / "x.h5", "h5")
+    assert embed_dist.has_shards(out, "h5") and not embed_dist.has_shards(tmp_path / "x.h5", "h5")
 
-    stats = embed_to_file(fasta, tmp_path / "m", out, **kw)
+    # --no-distributed inside a torchrun environment: still a job of one rank, no process group
+    monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "2")
+    stats = embed_to_file(fasta, tmp_path / "m", out, distributed=False, **kw)
     assert stats["written"] == 11 and stats["skipped"] == 4
     assert [r["records"] for r in stats["ranks"]] == [11] and "merge_s" in stats
     same_file_content(tmp_path / "ref.h5", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out.h5", "ref.h5"]
+    monkeypatch.delenv("RANK"), monkeypatch.delenv("WORLD_SIZE")
     again = embed_to_file(fasta, tmp_path / "m", out, **kw)
     assert again["written"] == 0 and again["skipped"] == 15 and "merge_s" not in again
 
