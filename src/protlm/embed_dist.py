@@ -240,14 +240,7 @@ def _embed_share(r: Ranks, fasta, output: Path, cfg, fmt, plan, engine, progress
     counter = RoundCounter(r, plan["todo"], progress and r.rank == 0)
     try:
         if (owner == r.rank).any():
-            target = shard_path(output, r.rank) if fmt == "h5" else output
-            with output_lock(target) if fmt == "h5" else contextlib.nullcontext():
-                if fmt == "h5":
-                    out = embed_io.H5Output(target, plan["meta"])
-                    out.done_hashes()
-                    out.begin()
-                else:
-                    out = embed_io.PtOutput(output, plan["meta"])
+            with _share_writer(fmt, output, r.rank, plan["meta"]) as out:
                 E.write_records(engine, fasta, cfg, out, lambda i, _: owner[i] == r.rank,
                                 lambda batch: counter.add(len(batch), sum(x.length for x in batch)))
     except BaseException:
@@ -258,6 +251,21 @@ def _embed_share(r: Ranks, fasta, output: Path, cfg, fmt, plan, engine, progress
         raise
     counter.finish()
     return counter.wait()
+
+
+@contextlib.contextmanager
+def _share_writer(fmt: str, output: Path, rank: int, meta: dict):
+    """This rank's writer: its own shard under its own lock (h5), or the output folder that
+    rank 0 prepared (pt: a file per record, so ranks never write the same file)."""
+    if fmt == "pt":
+        yield embed_io.PtOutput(output, meta)
+        return
+    shard = shard_path(output, rank)
+    with output_lock(shard):
+        out = embed_io.H5Output(shard, meta)
+        out.done_hashes()  # its records of earlier runs stay in its index
+        out.begin()
+        yield out
 
 
 class RoundCounter:
