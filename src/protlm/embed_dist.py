@@ -296,9 +296,10 @@ class RoundCounter:
     def _loop(self) -> None:
         try:
             while True:
-                t = self._reduce(torch.tensor([*self.counts, self.elapsed is not None], dtype=torch.int64))
+                done = self.elapsed is not None  # read before the counts: once done, they are final
+                t = self._reduce(torch.tensor([*self.counts, done], dtype=torch.int64))
                 self.bar.update(int(t[0]) - self.bar.n)
-                E.show_rate(self.bar, int(t[1]), self.t0, f", {self.r.world} ranks")
+                E.show_rate(self.bar, int(t[1]), self.t0, f", {self.r.world} rank{'s' * (self.r.world > 1)}")
                 if int(t[2]) == self.r.world:
                     break
                 self._wake.wait(ROUND_INTERVAL_S)
