@@ -13,7 +13,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -28,6 +28,7 @@ from protlm.dtypes import canonical, cast_parameters_
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 LONG_MODES = ENGINE_LONG_MODES
+Keep = Callable[[int, str], bool]  # (record index in the file, ID) -> embed it in this run
 
 
 class EmbedError(ProtlmError, ValueError):
@@ -129,9 +130,9 @@ def make_engine(model, alphabet: Alphabet, cfg: EmbedConfig) -> Engine:
                   max_padding=cfg.max_padding, compile=compile)
 
 
-def _jobs(engine: Engine, fasta, cfg: EmbedConfig, skip, want) -> Iterator[tuple[list[Record], Job]]:
+def _jobs(engine: Engine, fasta, cfg: EmbedConfig, keep: Keep, want) -> Iterator[tuple[list[Record], Job]]:
     """Host work, run ahead of the device: read, sort into batches, tokenise."""
-    records = (r for r in read_fasta(fasta, engine.alphabet, cfg.unknown) if r.id not in skip)
+    records = (r for i, r in enumerate(read_fasta(fasta, engine.alphabet, cfg.unknown)) if keep(i, r.id))
     pairs = ((r, engine.cost(len(r.sequence))) for r in records)
     for chunk in chunked_by_size(pairs, lambda rc: rc[1], cfg.chunk_residues):
         recs = [r for r, _ in chunk]
@@ -140,10 +141,10 @@ def _jobs(engine: Engine, fasta, cfg: EmbedConfig, skip, want) -> Iterator[tuple
             yield [recs[i] for i in batch], engine.plan(seqs, batch, want)
 
 
-def _pending(engine: Engine, fasta, cfg: EmbedConfig, skip) -> Iterator[tuple[list[Record], HostBatch]]:
+def _pending(engine: Engine, fasta, cfg: EmbedConfig, keep: Keep) -> Iterator[tuple[list[Record], HostBatch]]:
     """Device work: one forward per planned batch; host copies may still be in flight."""
     want = frozenset(cfg.include)
-    for recs, job in prefetch(_jobs(engine, fasta, cfg, skip, want), depth=2):
+    for recs, job in prefetch(_jobs(engine, fasta, cfg, keep, want), depth=2):
         yield recs, engine.forward(job, want)
 
 
@@ -171,7 +172,7 @@ def extract_batches(model, alphabet: Alphabet, fasta: str | Path, cfg: EmbedConf
     computed (resume). Only `cfg.chunk_residues` residues of sequence are held at a time.
     """
     engine = make_engine(model, alphabet, cfg)
-    for recs, pending in _pending(engine, fasta, cfg, skip):
+    for recs, pending in _pending(engine, fasta, cfg, lambda _, rid: rid not in skip):
         yield _results(recs, pending, engine.layers, cfg.include)
 
 
@@ -198,33 +199,72 @@ def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
     return cast_parameters_(model.to(check_device(device, dtype)), dtype).eval()
 
 
+def output_meta(model, model_name, cfg: EmbedConfig, dtype: str) -> dict:
+    """The settings an output records (and a resumed run must match), layers resolved."""
+    import protlm
+
+    return {"model": str(model_name), "layers": model.resolve_layers(cfg.repr_layers),
+            "include": list(cfg.include), "long": cfg.long, "dtype": dtype,
+            "protlm_version": protlm.__version__}
+
+
+def load_checked(fasta, model_name, cfg: EmbedConfig, fmt: str, dtype: str, model_loader=None):
+    """Validate the FASTA (the one full scan), then load the model and check lengths and layers:
+    (summary, model, alphabet, meta). Every input error is raised here, before any compute."""
+    import protlm
+
+    summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
+    model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
+    check_lengths(summary, model.config.max_sequence_length, cfg.long)
+    if "bos" in cfg.include and not alphabet.prepend_bos:
+        raise EmbedError(f"{model_name}: this model's tokens have no BOS (ProtT5: residues then "
+                         "</s>); --include mean or per_tok instead of bos")
+    return summary, model, alphabet, output_meta(model, model_name, cfg, dtype)
+
+
+def write_records(engine: Engine, fasta, cfg: EmbedConfig, out, keep: Keep,
+                  on_batch: Callable[[list[EmbedResult]], None]) -> None:
+    """Embed the records `keep` selects into `out` (H5Output or PtOutput, begun) batch by batch;
+    `on_batch(results)` runs after each batch is written (in the writer thread)."""
+
+    def write(item):  # in the writer thread: wait for the host copy, merge, write
+        batch = _results(*item, engine.layers, cfg.include)
+        out.write_batch(batch)
+        on_batch(batch)
+
+    with BackgroundWriter(write, depth=4) as writer:
+        for item in _pending(engine, fasta, cfg, keep):
+            writer.put(item)
+    out.write_index()
+
+
 def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
                   cfg: EmbedConfig = EmbedConfig(), fmt: str = "h5", device: str | None = None,
                   dtype: str = "fp32", progress: bool = True, model_loader=None,
-                  overwrite_changed: bool = False) -> dict:
+                  overwrite_changed: bool = False, distributed: bool | None = None) -> dict | None:
     """Validate, load, then embed every record not yet in `output`; resumable after a kill.
 
     Every input error (FASTA, lengths with long='error', layers, settings of an existing
     output, records already there whose sequence changed unless `overwrite_changed`, which
     recomputes them) is raised before any compute and before any output is created. The
     output's lock (protlm.lock) is held throughout: a second writer fails at once. Returns counts.
+
+    distributed: run as one rank of a torchrun job (protlm.embed_dist; None: when torchrun's
+    environment is set). A run that finds rank shards an earlier torchrun job left goes that
+    way too, as a job of one rank, so any number of ranks resumes any other. Ranks other
+    than 0 return None.
     """
-    import protlm
-    from protlm import embed_io
+    from protlm import embed_dist, embed_io
 
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
+    distributed = embed_dist.resolve(distributed)
+    if distributed or embed_dist.has_shards(output, fmt):
+        return embed_dist.embed_sharded(fasta, model_name, output, cfg, fmt, device, dtype, progress,
+                                        model_loader, overwrite_changed, distributed)
     with output_lock(output):  # before the FASTA scan and model load: a second writer fails fast
-        summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
-        model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
-        check_lengths(summary, model.config.max_sequence_length, cfg.long)
-        if "bos" in cfg.include and not alphabet.prepend_bos:
-            raise EmbedError(f"{model_name}: this model's tokens have no BOS (ProtT5: residues then "
-                             "</s>); --include mean or per_tok instead of bos")
-        layers = model.resolve_layers(cfg.repr_layers)
-        meta = {"model": str(model_name), "layers": layers, "include": list(cfg.include),
-                "long": cfg.long, "dtype": dtype, "protlm_version": protlm.__version__}
+        summary, model, alphabet, meta = load_checked(fasta, model_name, cfg, fmt, dtype, model_loader)
         out = embed_io.H5Output(output, meta) if fmt == "h5" else embed_io.PtOutput(output, meta)
         stored = out.done_hashes(summary.ids)
         changed = changed_records(stored, summary.hashed_ids())
@@ -233,33 +273,27 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         model = prepare_model(model, device, dtype)
         todo = [(rid, n) for rid, n in zip(summary.ids, summary.lengths) if rid not in done]
         stats = {"records": len(summary.ids), "skipped": len(summary.ids) - len(todo), "written": 0,
-                 "recomputed": len(changed), "truncated": _warn_truncated(todo, model, cfg.long)}
+                 "recomputed": len(changed), "truncated": warn_truncated(todo, model, cfg.long)}
         if not todo and not out.unfinished():
             return stats
         out.begin()
-        bar = _progress_bar(len(todo), progress)
+        bar = progress_bar(len(todo), progress)
         engine = make_engine(model, alphabet, cfg)
         t0 = time.perf_counter()
 
-        def write(item):  # in the writer thread: wait for the host copy, merge, write
-            batch = _results(*item, engine.layers, cfg.include)
-            out.write_batch(batch)
+        def on_batch(batch):
             stats["written"] += len(batch)
-            bar.update(len(batch))
             bar.tokens += sum(r.length for r in batch)
-            rate = f"{bar.tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s"
-            bar.set_postfix_str(rate + (f", compile {engine.compile_s:.1f}s" if engine.compile else ""))
+            bar.update(len(batch))
+            show_rate(bar, bar.tokens, t0, f", compile {engine.compile_s:.1f}s" if engine.compile else "")
 
-        with BackgroundWriter(write, depth=4) as writer:
-            for item in _pending(engine, fasta, cfg, done):
-                writer.put(item)
+        write_records(engine, fasta, cfg, out, lambda _, rid: rid not in done, on_batch)
         bar.close()
-        out.write_index()
         out.finish()
         return stats
 
 
-def _warn_truncated(todo: list[tuple[str, int]], model, long: str) -> int:
+def warn_truncated(todo: list[tuple[str, int]], model, long: str) -> int:
     """With long='truncate', say once (stderr) how many records lose residues; returns the count."""
     max_len = model.config.max_sequence_length
     n = sum(length > max_len for _, length in todo) if long == "truncate" else 0
@@ -271,9 +305,14 @@ def _warn_truncated(todo: list[tuple[str, int]], model, long: str) -> int:
     return n
 
 
-def _progress_bar(n_records: int, enabled: bool):
+def progress_bar(n_records: int, enabled: bool):
     from tqdm import tqdm
 
     bar = tqdm(total=n_records, unit="seq", disable=not enabled, desc="embed", dynamic_ncols=True)
     bar.tokens = 0  # residues embedded so far, for tokens/s
     return bar
+
+
+def show_rate(bar, tokens: int, t0: float, extra: str = "") -> None:
+    """Residues per second since `t0` in the bar's postfix."""
+    bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f} tok/s{extra}")

@@ -90,6 +90,8 @@ class H5Output:
         self.layers = list(meta["layers"])
         self.index_interval_s = index_interval_s
         self._where: dict[str, str] = {}  # record id -> shard file name (the newest, if rewritten)
+        # after done_hashes(): record id -> (the file holding it, its sequence hash)
+        self.located: dict[str, tuple[Path, str | None]] = {}
         self._last_index = 0.0
         self._index_cost_s = 0.0
         self._next_shard = 1
@@ -110,19 +112,28 @@ class H5Output:
             _check_meta(self.path, found, self.meta)
             if layout == "consolidated" and self.parts.exists():
                 shutil.rmtree(self.parts)  # killed after the final rename: its shards are all in OUT
-        done = {}
+        self.located = {}
         if self.path.exists() and not self.parts.exists():
             with h5py.File(self.path, "r") as f:
-                done = _hashes(f)
+                self.located = {rid: (self.path, h) for rid, h in _hashes(f).items()}
         for shard in self._shards():  # in order: a rewritten record's newest shard wins
             with h5py.File(shard, "r") as f:
                 _check_meta(shard, _h5_meta(f), self.meta)
-                done.update(_hashes(f))
+                self.located.update((rid, (shard, h)) for rid, h in _hashes(f).items())
                 self._where.update((rid, shard.name) for rid in f.keys())
-        return done
+        return {rid: h for rid, (_, h) in self.located.items()}
 
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
+
+    def part_files(self, ids: set[str]) -> dict[str, Path]:
+        """{id: the newest batch file holding it} for those of `ids` in the parts: names only,
+        no attributes read, so cheap for millions of records."""
+        files = {}
+        for shard in self._shards():
+            with h5py.File(shard, "r") as f:
+                files.update((rid, shard) for rid in f.keys() if rid in ids)
+        return files
 
     def unfinished(self) -> bool:
         """True when shards from an earlier run still wait to be consolidated."""
@@ -186,6 +197,20 @@ class H5Output:
                         if rid not in dst:
                             src.copy(src[rid], dst, name=rid)
         shutil.rmtree(self.parts)
+
+
+def merge_h5(path: str | Path, meta: dict, files: dict[str, Path]) -> None:
+    """Write one consolidated HDF5 output at `path` from {record id: the file holding it}
+    (each file opened once), under a temporary name renamed into place."""
+    by_file: dict[Path, list[str]] = {}
+    for rid, file in files.items():
+        by_file.setdefault(file, []).append(rid)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
+        _write_meta(dst, meta, "consolidated")
+        for file, rids in by_file.items():
+            with h5py.File(file, "r") as src:
+                for rid in rids:
+                    src.copy(src[rid], dst, name=rid)
 
 
 class PtOutput:

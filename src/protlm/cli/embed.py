@@ -61,9 +61,12 @@ class _MultiValueCommand(click.Command):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--overwrite-changed", is_flag=True,
               help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
+@click.option("--distributed/--no-distributed", default=None,
+              help="run as one rank of a torchrun job: records split among ranks, one shard each, "
+              "merged by rank 0 (docs/embed.md); default: on when torchrun's environment is set")
 @unknown_to_x
 def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, compile_, progress, overwrite_changed, unknown_to_x):
+            fmt, compile_, progress, overwrite_changed, distributed, unknown_to_x):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
     from protlm.embed import EmbedConfig, embed_to_file
 
@@ -71,6 +74,14 @@ def command(fasta, model_name, output, repr_layers, include, toks_per_batch, lon
     cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x),
                       compile=compile_)
     stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress,
-                          overwrite_changed=overwrite_changed)
+                          overwrite_changed=overwrite_changed, distributed=distributed)
+    if stats is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    for r in stats.get("ranks", []):
+        rate = r["residues"] / r["seconds"] if r["seconds"] else 0.0
+        click.echo(f"rank {r['rank']}: {r['records']} records, {r['residues']} residues in "
+                   f"{r['seconds']:.1f}s ({rate:.0f} residues/s)", err=True)
     changed = f" ({stats['recomputed']} changed, recomputed)" if stats["recomputed"] else ""
-    click.echo(f"{stats['written']} records written{changed}, {stats['skipped']} already in {output}", err=True)
+    merged = f" (shards merged in {stats['merge_s']:.1f}s)" if "merge_s" in stats else ""
+    click.echo(f"{stats['written']} records written{changed}, {stats['skipped']} already in {output}{merged}",
+               err=True)
