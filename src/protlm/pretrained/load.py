@@ -281,9 +281,12 @@ def load_path(path: str | Path) -> ESM:
     raise NotFoundError(f"no such checkpoint: {path}")
 
 
-def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None):
+def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None,
+                            dtype: str | None = None):
     """(model in eval mode, Alphabet) from a published name or a checkpoint path.
 
+    `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
+    (protlm.engine.precision; int8 weights are cached after the first quantization).
     Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
     folder (EsmForMaskedLM layout), a protlm folder. Names: see `protlm.pretrained.registry`.
     """
@@ -297,6 +300,10 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
     else:
         registry.get(text)  # raises UnknownModelError listing the published names
         raise AssertionError("unreachable")
-    if device is not None:
+    if dtype is not None:
+        from protlm.engine.precision import prepare_model  # precision imports this package
+
+        model = prepare_model(model, str(device or "cpu"), dtype, source=text)
+    elif device is not None:
         model = model.to(device)
     return model.eval(), model.alphabet
