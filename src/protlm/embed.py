@@ -24,7 +24,8 @@ from protlm.lock import output_lock
 from protlm.records import changed_records, check_changed, sequence_hash
 from protlm.engine.core import LONG_MODES as ENGINE_LONG_MODES
 from protlm.engine import BackgroundWriter, Engine, HostBatch, Job, prefetch
-from protlm.dtypes import canonical, cast_parameters_
+from protlm.dtypes import canonical
+from protlm.engine import precision
 
 INCLUDES = ("mean", "per_tok", "bos", "contacts")
 LONG_MODES = ENGINE_LONG_MODES
@@ -194,9 +195,12 @@ def check_device(device: str | None = None, dtype: str = "fp32") -> str:
     return str(device)
 
 
-def prepare_model(model, device: str | None = None, dtype: str = "fp32"):
-    """Move and cast for inference (outputs are still returned as float32)."""
-    return cast_parameters_(model.to(check_device(device, dtype)), dtype).eval()
+def prepare_model(model, device: str | None = None, dtype: str = "fp32", source=None, verbose: bool = True):
+    """Move and cast (or quantize: int8; pick: auto) for inference; outputs stay float32.
+
+    `source`: the model's name or path, which keys the cache of int8 weights (protlm.engine.precision).
+    """
+    return precision.prepare_model(model, check_device(device, dtype), dtype, source, verbose)
 
 
 def output_meta(model, model_name, cfg: EmbedConfig, dtype: str) -> dict:
@@ -259,6 +263,7 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
     if fmt not in ("h5", "pt"):
         raise EmbedError(f"--format must be h5 or pt, got {fmt!r}")
     device = check_device(device, dtype)  # fail before the (possibly slow) model load
+    dtype = precision.resolve_dtype(dtype, device)  # 'auto' chosen (and said) once, int8 on CUDA refused
     distributed = embed_dist.resolve(distributed)
     if distributed or embed_dist.has_shards(output, fmt):
         return embed_dist.embed_sharded(fasta, model_name, output, cfg, fmt, device, dtype, progress,
@@ -270,7 +275,7 @@ def embed_to_file(fasta: str | Path, model_name: str | Path, output: str | Path,
         changed = changed_records(stored, summary.hashed_ids())
         check_changed(output, changed, overwrite_changed)
         done = set(stored).difference(changed)
-        model = prepare_model(model, device, dtype)
+        model = prepare_model(model, device, dtype, source=model_name)
         todo = [(rid, n) for rid, n in zip(summary.ids, summary.lengths) if rid not in done]
         stats = {"records": len(summary.ids), "skipped": len(summary.ids) - len(todo), "written": 0,
                  "recomputed": len(changed), "truncated": warn_truncated(todo, model, cfg.long)}

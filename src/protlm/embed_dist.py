@@ -158,7 +158,7 @@ def _run(r: Ranks, fasta, model_name, output: Path, cfg, fmt, device, dtype, pro
             engine = local.get("engine")
             if engine is None:
                 model, alphabet = (model_loader or _default_loader())(model_name)
-                engine = E.make_engine(E.prepare_model(model, device, dtype), alphabet, cfg)
+                engine = E.make_engine(E.prepare_model(model, device, dtype, source=model_name), alphabet, cfg)
             per_rank = _embed_share(r, fasta, output, cfg, fmt, plan, engine, progress)
         if r.rank != 0:
             return None
@@ -191,7 +191,7 @@ def _plan(world, fasta, model_name, output: Path, cfg, fmt, device, dtype, model
     changed = changed_records(stored, summary.hashed_ids())
     check_changed(output, changed, overwrite)
     done = set(stored).difference(changed)
-    engine = E.make_engine(E.prepare_model(model, device, dtype), alphabet, cfg)
+    engine = E.make_engine(E.prepare_model(model, device, dtype, source=model_name), alphabet, cfg)
     todo = [i for i, rid in enumerate(summary.ids) if rid not in done]
     owner = np.full(len(summary.ids), -1, dtype=np.int32)
     owner[todo] = split_by_cost([engine.cost(summary.lengths[i]) for i in todo], world)

@@ -44,3 +44,9 @@ class InputError(ProtlmError, ValueError):
 
 class NotFoundError(ProtlmError, FileNotFoundError):
     """A file or folder the user named does not exist or lacks what it must hold."""
+
+
+class ConfigError(ProtlmError, ValueError):
+    """A setting that cannot be used (a run file key, a --set override, a dtype for storing)."""
+
+    exit_code = 2  # a usage error, as click reports bad options

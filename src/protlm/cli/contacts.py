@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from protlm.cli import options
 from protlm.cli.options import unknown_arg, unknown_to_x
 
 HEADS = ["attention", "bilinear"]
@@ -32,18 +33,21 @@ _weights = click.option("--head-weights", type=click.Path(exists=True), default=
 @click.option("--structure", default=None, help="FILE[:CHAIN]: draw its true contacts over the prediction")
 @click.option("--overwrite-changed", is_flag=True,
               help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
+@options.dtype
 @unknown_to_x
-def predict(fasta, model_name, head, head_weights, output, structure, overwrite_changed, unknown_to_x):
+def predict(fasta, model_name, head, head_weights, output, structure, overwrite_changed, dtype, unknown_to_x):
     """Write an L x L map (<id>.npy) and a picture (<id>.png) per FASTA record."""
     from protlm.contacts import pipeline
     from protlm.data.fasta import load_fasta
+    from protlm.engine import precision
     from protlm.pretrained.load import model_identity
 
-    model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
+    dtype = precision.resolve_dtype(dtype, "cpu")  # auto: says what it picked
+    model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights, dtype)
     # validated before any output is written
     records = load_fasta(fasta, alphabet=alphabet, unknown=unknown_arg(unknown_to_x))
     truth = pipeline.load_structures([structure], alphabet)[0] if structure else None
-    settings = {"model": model_identity(model_name), "head": head, "structure": structure,
+    settings = {"model": precision.keyed(model_identity(model_name), dtype), "head": head, "structure": structure,
                 "head_weights": model_identity(head_weights) if head_weights else None}
     skipped = 0
     for path, computed in pipeline.predict_fasta(model, alphabet, records, Path(output), bilinear,

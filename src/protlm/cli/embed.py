@@ -6,8 +6,8 @@ import re
 
 import click
 
+from protlm.cli import options
 from protlm.cli.options import unknown_arg, unknown_to_x
-from protlm.dtypes import CHOICES as DTYPE_CHOICES
 from protlm.embed import INCLUDES, LONG_MODES
 
 
@@ -52,7 +52,7 @@ class _MultiValueCommand(click.Command):
 @click.option("--long", type=click.Choice(LONG_MODES), default="truncate", show_default=True,
               help="sequences over the model limit (1022 residues for ESM-1b)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True)
+@options.dtype
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the model (token counts bucketed to multiples of 256, so a run "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from protlm.cli import options
 from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.tasks.heads import HEADS, TASKS
 from protlm.tasks.pooling import POOLINGS
@@ -37,17 +38,18 @@ def command():
               help="embedding cache (default: OUTPUT/embedding_cache)")
 @click.option("--toks-per-batch", type=int, default=4096, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@options.dtype
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @unknown_to_x
 def fit(data, model_name, target, label_from_header, task, head, output, group, group_from_header,
-        id_column, sequence_column, layer, pooling, folds, seed, cache_dir, toks_per_batch, device, progress,
-        unknown_to_x):
+        id_column, sequence_column, layer, pooling, folds, seed, cache_dir, toks_per_batch, device, dtype,
+        progress, unknown_to_x):
     """Cross-validate and fit a head on DATA (CSV/TSV, or FASTA with labels in headers)."""
     from protlm.tasks.function import FitConfig, fit_function
 
     cfg = FitConfig(model_name, target, task, head, label_from_header, group, group_from_header,
                     id_column, sequence_column, layer, pooling, folds, seed, toks_per_batch, device,
-                    unknown=unknown_arg(unknown_to_x))
+                    unknown=unknown_arg(unknown_to_x), dtype=dtype)
     meta = fit_function(data, cfg, output, cache_dir, progress=progress)
     cv = meta["cv"]
     stats = ", ".join(f"{k} {v:.3f} ± {cv['std'][k]:.3f}" for k, v in cv["mean"].items())
@@ -63,12 +65,14 @@ def fit(data, model_name, target, label_from_header, task, head, output, group, 
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--toks-per-batch", type=int, default=4096, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@options.dtype
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @unknown_to_x
-def predict(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device, progress, unknown_to_x):
+def predict(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device, dtype, progress,
+            unknown_to_x):
     """Apply a saved head to every record of FASTA."""
     from protlm.tasks.function import predict_function
 
     n = predict_function(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device,
-                         progress=progress, unknown=unknown_arg(unknown_to_x))
+                         progress=progress, unknown=unknown_arg(unknown_to_x), dtype=dtype)
     click.echo(f"{n} predictions -> {output}", err=True)

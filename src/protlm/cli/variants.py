@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from protlm.cli import options
 from protlm.cli.options import unknown_arg, unknown_to_x
 from protlm.tasks.variants import METHODS
 
@@ -26,13 +27,14 @@ def command():
               help="number of the first residue of --sequence in the mutant strings")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="sequences per forward pass")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@options.dtype
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @unknown_to_x
-def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, progress,
-          unknown_to_x):
+def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, dtype,
+          progress, unknown_to_x):
     """Score every mutant of MUTATIONS against the wild type; writes the rows plus a score."""
     from protlm.tasks.variants import score_file
 
     n = score_file(model_name, wt_fasta, mutations, output, method, column, offset,
-                   batch_size, device, progress, unknown=unknown_arg(unknown_to_x))
+                   batch_size, device, progress, unknown=unknown_arg(unknown_to_x), dtype=dtype)
     click.echo(f"{n} mutants scored ({method}) -> {output}", err=True)

@@ -180,25 +180,29 @@ def _predict_locked(model, alphabet, records, output: Path, head, truth, setting
         yield npy, True
 
 
-def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None):
+def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None,
+                      dtype: str = "fp32"):
     """(model, alphabet, bilinear head or None) ready to predict with the chosen head.
 
+    `dtype`: inference precision on the CPU (fp32, bf16, int8, auto: protlm.engine.precision).
     Attention head: regression from `head_weights` if given, else `contact_regression.safetensors`
     in a protlm model folder if present, else whatever the checkpoint carries.
     """
-    
     from protlm import load_model_and_alphabet
     from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
+    from protlm.engine import precision
 
     model, alphabet = load_model_and_alphabet(model_name)
+    bilinear = None
     if head == "bilinear":
-        return model, alphabet, resolve_bilinear(model_name, head_weights)
-    beside = Path(model_name) / REGRESSION_FILE
-    if head_weights is not None:
+        bilinear = resolve_bilinear(model_name, head_weights)
+    elif head_weights is not None:
         load_contact_regression(model, head_weights)
-    elif beside.is_file():
-        load_contact_regression(model, beside)
-    return model, alphabet, None
+    elif (Path(model_name) / REGRESSION_FILE).is_file():
+        load_contact_regression(model, Path(model_name) / REGRESSION_FILE)
+    if dtype != "fp32":  # after the head is loaded: its fp32 weights go through the same cast
+        model = precision.prepare_model(model, "cpu", dtype, source=model_name, verbose=False)
+    return model, alphabet, bilinear
 
 
 def chains_from_specs(specs: Sequence[str], alphabet: Alphabet) -> list[ChainStructure]:

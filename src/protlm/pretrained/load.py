@@ -317,13 +317,15 @@ def load_path(path: str | Path) -> ESM:
 
 
 def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None,
-                            dtype: str | torch.dtype | None = None):
+                            dtype: str | None = None):
     """(model in eval mode, Alphabet) from a published name or a checkpoint path.
 
+    `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
+    (protlm.engine.precision; int8 weights are cached after the first quantization).
     Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
     folder (EsmForMaskedLM or T5 layout), a protlm folder. Names: see `protlm.pretrained.registry`.
-    Weights load as fp32 whatever the file holds (ProtT5's half encoder is fp16); `dtype`
-    ('bf16', 'fp16', ...) casts the parameters after loading.
+    Weights load as fp32 whatever the file holds (ProtT5's half encoder is fp16) before `dtype`
+    applies.
     """
     text = str(name_or_path)
     if Path(text).exists():
@@ -336,9 +338,9 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
         registry.get(text)  # raises UnknownModelError listing the published names
         raise AssertionError("unreachable")
     if dtype is not None:
-        from protlm.dtypes import cast_parameters_
+        from protlm.engine.precision import prepare_model  # precision imports this package
 
-        cast_parameters_(model, dtype)
-    if device is not None:
+        model = prepare_model(model, str(device or "cpu"), dtype, source=text)
+    elif device is not None:
         model = model.to(device)
     return model.eval(), model.alphabet

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.engine import precision
 from protlm.errors import InputError, NotFoundError
 from protlm.io import atomic_path, atomic_write
 from protlm.lock import output_lock
@@ -42,6 +43,7 @@ class FitConfig:
     toks_per_batch: int = 4096
     device: str | None = None
     unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 | int8 | auto (protlm.engine.precision)
 
     def __post_init__(self):
         if self.task not in heads.TASKS:
@@ -56,29 +58,29 @@ class FitConfig:
         return self.head or ("ridge" if self.task == "regression" else "logistic")
 
 
-def _load_model(name: str, device: str | None, loader=None):
+def _load_model(name: str, device: str | None, loader=None, dtype: str = "fp32"):
     import protlm
 
     model, alphabet = (loader or protlm.load_model_and_alphabet)(name)
-    if device:
-        model = model.to(device)
-    return model.eval(), alphabet
+    return precision.prepare_model(model, device or "cpu", dtype, source=name, verbose=False), alphabet
 
 
 def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str, cache_dir,
                       toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                      progress: bool = True, chunk: int = 512) -> np.ndarray:
+                      progress: bool = True, chunk: int = 512, dtype: str = "fp32") -> np.ndarray:
     """(N, D) pooled vectors; only sequences missing from the cache are run through the model
     (the model is not even loaded when every sequence is cached). Adding to the cache holds its
-    lock (protlm.lock): a second job adding to the same cache fails at once."""
-    ident = model_identity(model_name)
+    lock (protlm.lock): a second job adding to the same cache fails at once. Vectors computed
+    in another `dtype` than fp32 are cached apart (int8, bf16 ...; auto as what it picks)."""
+    dtype = precision.resolve_dtype(dtype, device or "cpu")
+    ident = precision.keyed(model_identity(model_name), dtype)
     cache = EmbeddingCache(cache_dir, ident, layer, pooling)
     if not cache.missing(seqs):
         return cache.get(seqs)
     with output_lock(cache.path):
         cache = EmbeddingCache(cache_dir, ident, layer, pooling)  # as the last writer left it
         todo = cache.missing(seqs)
-        model, alphabet = _load_model(model_name, device, loader)
+        model, alphabet = _load_model(model_name, device, loader, dtype)
         # saved every `chunk` sequences: a killed run resumes from the last saved chunk
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
@@ -135,7 +137,7 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
     folds = evaluate.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
     cache_dir = Path(cache_dir) if cache_dir else Path(output) / "embedding_cache"
     x = cached_embeddings(data.sequences, cfg.model, cfg.layer, cfg.pooling, cache_dir,
-                          cfg.toks_per_batch, cfg.device, loader, progress)
+                          cfg.toks_per_batch, cfg.device, loader, progress, dtype=cfg.dtype)
     fit = lambda xs, ys: heads.fit_head(xs, ys, cfg.head_kind, cfg.task, cfg.seed)  # noqa: E731
     cv = evaluate.cross_validate(x, y, cfg.task, fit, folds)
     head = fit(x, y)
@@ -150,17 +152,18 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
 
 def predict_function(fasta, head_dir, output, model: str | None = None, cache_dir=None,
                      toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                     progress: bool = True, unknown: str | None = None) -> int:
+                     progress: bool = True, unknown: str | None = None, dtype: str = "fp32") -> int:
     """Apply a saved head to every record of a FASTA; write CSV `id,prediction` atomically.
 
-    The model recorded in the head is used unless `model` overrides it (e.g. a moved path).
+    The model recorded in the head is used unless `model` overrides it (e.g. a moved path);
+    `dtype` is the inference precision (protlm.engine.precision), fp32 by default.
     `unknown` (e.g. 'X') replaces characters outside the alphabet, as in read_fasta.
     """
     head, meta = load_head(head_dir)
     data = load_fasta_labels(fasta, None, unknown=unknown)
     x = cached_embeddings(data.sequences, model or meta["model"], meta["layer"], meta["pooling"],
                           cache_dir or Path(head_dir) / "embedding_cache", toks_per_batch,
-                          device, loader, progress)
+                          device, loader, progress, dtype=dtype)
     if x.shape[1] != head.mean_D.shape[0]:
         raise InputError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
                          f"{head.mean_D.shape[0]}; use the model recorded in {head_dir}/head.json")

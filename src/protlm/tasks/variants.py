@@ -261,20 +261,23 @@ def read_wild_type(path, unknown: str | None = None) -> str:
 def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "masked-marginal",
                column: str | None = None, offset: int = 1, batch_size: int = 8,
                device: str | None = None, progress: bool = True, loader=None,
-               unknown: str | None = None) -> int:
+               unknown: str | None = None, dtype: str = "fp32") -> int:
     """Read the `mutant` column of a CSV/TSV, score every row, write all input columns plus one
     score column (named after the method unless `column` is given). Atomic: the output appears
     only when every row is scored. pseudo-ll keeps finished PLLs in `<output>.pll.jsonl` until
     the output is written, so a rerun after a kill resumes. `unknown` (e.g. 'X') replaces
     characters of the wild type outside the alphabet. The output's lock (protlm.lock) is held
-    while scoring: a second writer fails at once. Returns the number of rows."""
+    while scoring: a second writer fails at once. `dtype`: inference precision (fp32, bf16,
+    int8, auto: protlm.engine.precision). Returns the number of rows."""
     import csv
 
     import protlm
     from protlm.data.fasta import not_a_table
+    from protlm.engine import precision
     from protlm.pretrained.load import model_identity
 
     wt_seq = read_wild_type(wt_fasta, unknown)
+    dtype = precision.resolve_dtype(dtype, device or "cpu")
     delim = "\t" if str(mutations_csv).lower().endswith((".tsv", ".tab")) else ","
     try:
         with open(mutations_csv, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
@@ -295,8 +298,8 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
     out = Path(output)
     with output_lock(out):  # also guards the pseudo-ll store beside it
         model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
-        model = model.to(device).eval() if device else model.eval()
-        store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), model_identity(model_name))
+        model = precision.prepare_model(model, device or "cpu", dtype, source=model_name, verbose=False)
+        store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), precision.keyed(model_identity(model_name), dtype))
                  if method == "pseudo-ll" else None)
         scores = score_mutants(model, alphabet, wt_seq, [r["mutant"] for r in rows], method, offset,
                                batch_size, progress=progress, pll_store=store)

@@ -7,19 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protlm.errors import NotFoundError, ProtlmError
+from protlm.errors import ConfigError, NotFoundError
 from protlm.models.config import ESMConfig, esm1b_config, esm2_config
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: tomllib joined the standard library in 3.11 as tomli
     import tomli as tomllib
-
-
-class ConfigError(ProtlmError, ValueError):
-    """A run file or --set override that cannot be used; the message names the key."""
-
-    exit_code = 2  # a usage error, as click reports bad options
 
 
 @dataclass

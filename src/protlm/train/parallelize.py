@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from protlm.errors import ConfigError
+from protlm.models.int8 import is_quantized
 from protlm.train.config import checkpointing_plan, compile_enabled
 
 
@@ -127,7 +129,11 @@ def parallelize(model: nn.Module, mode: str, d: Dist, device: torch.device,
 
     activation_checkpointing and compile take the values of parallel.activation_checkpointing
     and parallel.compile (see protlm.train.config); compile "auto" means on CUDA only.
+    A model quantized for int8 inference is refused (ConfigError): its weights have no gradients.
     """
+    if is_quantized(model):
+        raise ConfigError("this model is quantized to int8 (inference only) and cannot be trained; "
+                          "train the fp32 model and quantize it for inference (--dtype int8)")
     model.to(device)
     every, selective = checkpointing_plan(activation_checkpointing)
     apply_activation_checkpointing(model, every, selective)
