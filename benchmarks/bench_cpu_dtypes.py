@@ -101,13 +101,13 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from protlm.engine.precision import cpu_features, describe_features, probe
-    from protlm.models.int8 import reduce_range
+    from protlm.models.int8 import QMAX
 
     torch.set_num_threads(args.threads)
     feats = cpu_features()
     print(f"CPU: {describe_features(feats)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quantized engine "
-          f"{torch.backends.quantized.engine} (7-bit activations: {reduce_range()})")
+          f"{torch.backends.quantized.engine} (activations 8-bit per token, weights [-{QMAX}, {QMAX}] per channel)")
     t = probe()
     print("probe (one 256 x 1280 -> 5120 Linear), GFLOP/s: "
           + ", ".join(f"{k} {2 * 256 * 1280 * 5120 / v / 1e9:.0f}" for k, v in t.items()), flush=True)

@@ -29,7 +29,7 @@ from protlm.io import atomic_path
 from protlm.models.int8 import quantize_
 
 FORMAT = "protlm-int8"
-VERSION = "1"  # bump when quantize_weight changes: older files are then quantized again
+VERSION = "2"  # 2: 7-bit weights (models/int8.QMAX). Bump when quantize_weight changes: older files are then quantized again
 CACHE_ENV = "PROTLM_CACHE"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".json")
 
