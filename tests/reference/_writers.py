@@ -143,7 +143,9 @@ PROT_T5_DEBUG = {**PROT_T5_XL, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_laye
 def hf_t5(seed: int = 0, full: bool = False, **overrides):
     """transformers' T5EncoderModel (or the full T5ForConditionalGeneration) with random,
     training-like weights: N(0, 1/fan_in) matrices (activations stay O(1) at any width, as in
-    trained models), N(0, 1) embeddings, RMS-norm scales moved off 1, a relative position table
+    trained models), q with T5's extra 1/sqrt(d_kv) (T5 has no score scaling: unscaled random
+    queries make every softmax nearly one-hot, a chaotic net where fp32 rounding alone moves
+    24-layer outputs by 5e-3), N(0, 1) embeddings, RMS-norm scales moved off 1, a relative position table
     of N(0, 1) (it must matter)."""
     from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
 
@@ -158,6 +160,8 @@ def hf_t5(seed: int = 0, full: bool = False, **overrides):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             elif "relative_attention_bias" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith("SelfAttention.q.weight"):  # T5 folds the 1/sqrt(d_kv) score
+                p.copy_((p.shape[1] * cfg.d_kv) ** -0.5 * torch.randn(p.shape, generator=g))  # scale into q
             elif p.ndim == 2 and "shared" not in name and "embed_tokens" not in name:
                 p.copy_(p.shape[1] ** -0.5 * torch.randn(p.shape, generator=g))
             else:

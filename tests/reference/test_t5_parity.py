@@ -47,14 +47,18 @@ def compare(hf, model, tokens) -> dict[str, float]:
     return d
 
 
-def _check(hf, folder, seqs, tol=TOL):
+def _check(hf, folder, seqs, tol=TOL, explicit_tol=TOL):
+    """Every state within `tol`; the explicit-softmax path's inner states (asked for with
+    need_head_weights) within `explicit_tol`."""
     model, alphabet = load_model_and_alphabet(folder)
     assert model.config.family == "t5" and not model.training
     tokens = alphabet.get_batch_converter()(seqs)[2]
     assert tokens.eq(alphabet.padding_idx).any()  # a padded batch
     d = compare(hf, model, tokens)
     print(f"\nT5 HF->protlm max abs diff: {max(d.values()):.3g} (worst: {max(d, key=d.get)})")
-    assert max(d.values()) <= tol, d
+    explicit = {k for k in d if k.startswith("hidden") and not k.endswith("_sdpa")}
+    assert max(v for k, v in d.items() if k not in explicit) <= tol, d
+    assert max(d[k] for k in explicit) <= explicit_tol, d
     return model
 
 
@@ -103,7 +107,11 @@ def test_full_depth_xl_parity(tmp_path, seqs):
     """24 layers at the published widths: 1.2 B encoder parameters (4.8 GB per fp32 copy)."""
     hf = W.hf_t5(**W.PROT_T5_XL)
     hf.save_pretrained(tmp_path / "xl")
-    _check(hf, tmp_path / "xl", seqs[:2])
+    # The default (SDPA) path, the final states and the attention maps agree to 1e-5 (measured:
+    # SDPA path bit-identical, last state 2.6e-6). The explicit-softmax path's inner residual
+    # stream (|h| up to ~25 at depth 20) differs by up to 1.3e-5: fp32 rounding, the size of
+    # transformers' own fp32 error against fp64 at that depth (1.2e-5), so it gets 2e-5.
+    _check(hf, tmp_path / "xl", seqs[:2], explicit_tol=2e-5)
 
 
 def test_protlm_convert_to_hf_loads_in_transformers(tmp_path, seqs):
