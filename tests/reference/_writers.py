@@ -140,6 +140,16 @@ PROT_T5_XL = dict(vocab_size=128, d_model=1024, d_kv=128, d_ff=16384, num_layers
 PROT_T5_DEBUG = {**PROT_T5_XL, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
 
 
+# The reference shapes every fair-esm parity test runs: both families, the published t6 width,
+# and ESM-2 without token dropout.
+FAIR_ESM_SHAPES = [
+    ("esm1b", dict(layers=2, embed_dim=64, ffn_embed_dim=128, heads=4)),
+    ("esm2", dict(layers=2, embed_dim=64, heads=4)),
+    ("esm2", dict(layers=6, embed_dim=320, heads=20)),  # the esm2_t6_8M_UR50D shape
+    ("esm2", dict(layers=2, embed_dim=64, heads=4, token_dropout=False)),
+]
+
+
 def hf_t5(seed: int = 0, full: bool = False, **overrides):
     """transformers' T5EncoderModel (or the full T5ForConditionalGeneration) with random,
     training-like weights: N(0, 1/fan_in) matrices (activations stay O(1) at any width, as in

@@ -24,12 +24,7 @@ def real_batch(shared_data, max_len):
     return [(str(i), s) for i, s in enumerate(seqs)]
 
 
-@pytest.mark.parametrize("family,kw", [
-    ("esm1b", dict(layers=2, embed_dim=64, ffn_embed_dim=128, heads=4)),
-    ("esm2", dict(layers=2, embed_dim=64, heads=4)),
-    ("esm2", dict(layers=6, embed_dim=320, heads=20)),  # the esm2_t6_8M_UR50D shape
-    ("esm2", dict(layers=2, embed_dim=64, heads=4, token_dropout=False)),
-])
+@pytest.mark.parametrize("family,kw", W.FAIR_ESM_SHAPES)
 def test_packed_matches_fair_esm(tmp_path, shared_data, family, kw):
     ref, meta = W.reference_esm1b(**kw) if family == "esm1b" else W.reference_esm2(**kw)
     model, alphabet = load_model_and_alphabet(W.write_fair_esm(ref, meta, tmp_path / f"{family}_t.pt"))

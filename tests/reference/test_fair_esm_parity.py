@@ -45,12 +45,7 @@ def build_reference(family, **kw):
     return W.reference_esm1b(**kw) if family == "esm1b" else W.reference_esm2(**kw)
 
 
-@pytest.mark.parametrize("family,kw", [
-    ("esm1b", dict(layers=2, embed_dim=64, ffn_embed_dim=128, heads=4)),
-    ("esm2", dict(layers=2, embed_dim=64, heads=4)),
-    ("esm2", dict(layers=6, embed_dim=320, heads=20)),  # the esm2_t6_8M_UR50D shape
-    ("esm2", dict(layers=2, embed_dim=64, heads=4, token_dropout=False)),
-])
+@pytest.mark.parametrize("family,kw", W.FAIR_ESM_SHAPES)
 def test_published_format_parity(tmp_path, shared_data, family, kw):
     ref, meta = build_reference(family, **kw)
     name = f"{family}_t{kw['layers']}_test"
