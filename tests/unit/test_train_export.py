@@ -59,3 +59,27 @@ def test_shipped_protlm_small_loads_offline(monkeypatch):
     target = torch.tensor(["ACDEFGHIKLMNPQRSTVWY".index(c) for c in seq])
     ppl = float(torch.exp(-logp[torch.arange(L), target].mean()))
     assert ppl < 18.0, ppl
+
+
+def test_init_from_takes_the_weights_of_a_saved_model(tmp_path):
+    """A second training stage starts from a saved model's weights (model.init_from); a folder
+    of another architecture, or not a model folder at all, is refused naming what differs."""
+    from protlm.models import build_model
+    from protlm.train.config import ConfigError, ModelSection
+    from protlm.train.loop import init_from_weights
+
+    section = ModelSection(num_layers=2, embed_dim=32, attention_heads=4)
+    torch.manual_seed(0)
+    first = build_model(section.build_config())
+    init_weights(first)
+    save_protlm(first, tmp_path / "stage1")
+    second = build_model(section.build_config())
+    init_weights(second)
+    init_from_weights(second, tmp_path / "stage1")
+    for name, p in first.state_dict().items():
+        assert torch.equal(second.state_dict()[name], p), name
+    other = build_model(ModelSection(num_layers=3, embed_dim=32, attention_heads=4).build_config())
+    with pytest.raises(ConfigError, match="num_layers"):
+        init_from_weights(other, tmp_path / "stage1")
+    with pytest.raises(ConfigError, match="not a protlm checkpoint"):
+        init_from_weights(second, tmp_path)

@@ -25,6 +25,11 @@ class ModelSection:
     max_positions: int = 1024  # ESM-1b's learned position table (tokens incl. BOS/EOS)
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    # Start from these weights instead of a random initialisation: a training checkpoint folder
+    # (runs/x/checkpoints/step_N) or an exported protlm folder of the same architecture. Only the
+    # weights are taken: optimiser, schedule and data order start afresh (a second stage).
+    # A resumed run restores its own checkpoint instead.
+    init_from: str = ""
 
     def build_config(self) -> ESMConfig:
         extra = dict(dropout=self.dropout, attention_dropout=self.attention_dropout,

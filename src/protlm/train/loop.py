@@ -108,9 +108,30 @@ def _model(cfg: TrainConfig, d: Dist, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.build_config())
     init_weights(model)  # BERT-style normal(0, 0.02), as ESM pretraining
+    if cfg.model.init_from:
+        init_from_weights(model, cfg.model.init_from)
     model.contact_head.requires_grad_(False)  # MLM pretraining does not train the contact head
     p = cfg.parallel
     return parallelize(model, p.mode, d, device, p.activation_checkpointing, p.compile)
+
+
+def init_from_weights(model: nn.Module, folder: str | Path) -> None:
+    """Copy the weights of a protlm folder (a training checkpoint or an exported model) into
+    `model`; ConfigError when the folder is not one or its architecture differs."""
+    from protlm.pretrained.protlm_format import load_protlm
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"model.init_from: {folder} is not a protlm checkpoint or model folder "
+                          "(config.json and model.safetensors expected)")
+    source = load_protlm(folder)
+    if source.config != model.config:
+        diff = {k: (getattr(source.config, k), getattr(model.config, k)) for k in vars(model.config)
+                if getattr(source.config, k) != getattr(model.config, k)}
+        raise ConfigError(f"model.init_from: {folder} has another architecture "
+                          f"(field: (its value, this config's)): {diff}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in source.state_dict().items()})
 
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
