@@ -51,14 +51,14 @@ def agreement(ref: dict, out: dict) -> dict[str, float]:
             "max_abs_err_over_rms": max(e / r for e, r in zip(err, rms))}
 
 
-def bench_family(family: str, layers: int | None, seqs, fasta: Path, repeats: int) -> dict:
+def bench_family(family: str, layers: int | None, seqs, fasta: Path, repeats: int, dtypes=DTYPES) -> dict:
     from protlm.embed import prepare_model
 
     cfg = protlm_config(family, layers)
     models = {"fair-esm fp32": build("fair-esm", cfg)}
     base = build("protlm", cfg)
     state = base.state_dict()
-    for dt in DTYPES:
+    for dt in dtypes:
         m = build("protlm", cfg) if dt != "fp32" else base
         m.load_state_dict(state)
         t0 = time.perf_counter()
@@ -97,17 +97,19 @@ def main(argv=None):
     p.add_argument("--n-mix", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES,
+                   help="protlm paths to run (fp32 is always run: the others are compared with it)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     from protlm.engine.precision import cpu_features, describe_features, probe
-    from protlm.models.int8 import QMAX
+    from protlm.models.int8 import PACK_ENGINE, QMAX
 
     torch.set_num_threads(args.threads)
     feats = cpu_features()
     print(f"CPU: {describe_features(feats)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quantized engine "
-          f"{torch.backends.quantized.engine} (activations 8-bit per token, weights [-{QMAX}, {QMAX}] per channel)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, int8 kernels "
+          f"{PACK_ENGINE or torch.backends.quantized.engine} (activations 8-bit per token, weights [-{QMAX}, {QMAX}] per channel)")
     t = probe()
     print("probe (one 256 x 1280 -> 5120 Linear), GFLOP/s: "
           + ", ".join(f"{k} {2 * 256 * 1280 * 5120 / v / 1e9:.0f}" for k, v in t.items()), flush=True)
@@ -118,7 +120,8 @@ def main(argv=None):
         fasta.write_text("".join(f">{i}\n{s}\n" for i, s in seqs))
         for fam in args.families:
             print(f"{fam}: {len(seqs)} sequences, {sum(len(s) for _, s in seqs)} residues", flush=True)
-            res = result["families"][fam] = bench_family(fam, args.layers, seqs, fasta, args.repeats)
+            dtypes = [d for d in DTYPES if d in args.dtypes or d == "fp32"]
+            res = result["families"][fam] = bench_family(fam, args.layers, seqs, fasta, args.repeats, dtypes)
             for name, row in res["rows"].items():
                 acc = "" if "min_cosine_mean" not in row else (
                     f"  cos(mean) {row['min_cosine_mean']:.6f}  max|err|/max|fp32| "

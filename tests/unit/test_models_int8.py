@@ -8,7 +8,7 @@ from torch import nn
 
 from protlm.dtypes import cast_state, parse_dtype
 from protlm.errors import ConfigError
-from protlm.models.int8 import QMAX, Int8Linear, is_quantized, linear_names, quantize_, quantize_weight
+from protlm.models.int8 import QMAX, FusedQKV, Int8Linear, is_quantized, linear_names, quantize_, quantize_weight
 
 
 def test_quantize_weight_per_output_channel():
@@ -57,6 +57,20 @@ def test_int8_state_dict_round_trip():
     torch.testing.assert_close(b(x), a(x))
 
 
+def test_fused_qkv_equals_three_separate_projections():
+    """One kernel call over the stacked int8 weights gives the three projections bit for bit
+    (per-channel scales: stacking changes nothing), and it follows weights loaded later."""
+    torch.manual_seed(0)
+    parts = [Int8Linear.from_linear(nn.Linear(64, 48)) for _ in range(3)]
+    fused = FusedQKV(*parts)
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        for got, part in zip(fused(x), parts):
+            assert torch.equal(got, part(x))
+        parts[1].load_state_dict(Int8Linear.from_linear(nn.Linear(64, 48)).state_dict())
+        assert torch.equal(fused(x)[1], parts[1](x))
+
+
 @pytest.mark.parametrize("name", ["esm1b_debug", "esm2_debug"])
 def test_quantized_model_close_to_fp32(debug_model, name):
     model = debug_model(name)
@@ -66,6 +80,7 @@ def test_quantized_model_close_to_fp32(debug_model, name):
     names = linear_names(model)
     assert len(state) == 2 * len(names) and "lm_head.dense" in names
     assert isinstance(q.contact_head.regression, nn.Linear)  # stays fp32
+    assert all(isinstance(layer.self_attn.fused_qkv, FusedQKV) for layer in q.layers)
     assert {q.layers[0].self_attn.q_proj.weight_int8.dtype, q.layers[0].final_layer_norm.weight.dtype} == {
         torch.int8, torch.float32}
     tokens = torch.randint(4, 24, (2, 30))

@@ -21,6 +21,7 @@ from protlm.dtypes import canonical, cast_parameters_
 from protlm.errors import InputError
 
 FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+PROBE_VERSION = 2  # 2: int8 with fused per-token passes on oneDNN
 PROBE_SHAPE = (256, 1280, 5120)  # tokens, in, out: ESM-1b / ESM-2 650M fc1
 
 
@@ -76,7 +77,11 @@ def _probe_file() -> Path:
     from protlm.pretrained.int8_cache import cache_root
 
     feats = cpu_features()
-    key = json.dumps([feats, torch.__version__, torch.get_num_threads(), torch.backends.quantized.engine])
+    from protlm.models.int8 import PACK_ENGINE
+
+    # PROBE_VERSION: bumped when a path's kernels change, so an old cached timing is not reused
+    key = json.dumps([feats, torch.__version__, torch.get_num_threads(), torch.backends.quantized.engine,
+                      PACK_ENGINE, PROBE_VERSION])
     return cache_root() / "cpu_probe" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -171,6 +171,12 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, inner, bias=bias)
         self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
         self.rot_emb = RotaryEmbedding(self.head_dim) if rotary else None
+        self.fused_qkv = None  # int8 (models/int8.py): q, k and v from one kernel call
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fused_qkv is not None:
+            return self.fused_qkv(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _heads(self, x_BLD: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_BLD.shape
@@ -195,12 +201,10 @@ class MultiheadAttention(nn.Module):
                                  "maps; use the padded layout for these")
             return self._forward_packed(x_BLD, packing), None
         B, L, _ = x_BLD.shape
-        q = self.q_proj(x_BLD)
+        q, k, v = self._qkv(x_BLD)
         if self.scaling != 1.0:
             q = q * self.scaling  # before rotary, as in the reference (it matters for rounding)
-        q = self._heads(q)
-        k = self._heads(self.k_proj(x_BLD))
-        v = self._heads(self.v_proj(x_BLD))
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if self.rot_emb is not None:
             q, k = self.rot_emb(q, k)
         dropout_p = self.dropout if self.training else 0.0
@@ -229,9 +233,9 @@ class MultiheadAttention(nn.Module):
     def _forward_packed(self, x_ND: torch.Tensor, packing: Packing) -> torch.Tensor:
         N = x_ND.shape[0]
         H, hd = self.num_heads, self.head_dim
-        q = (self.q_proj(x_ND) * self.scaling).view(N, H, hd)  # scaled before rotary, as above
-        k = self.k_proj(x_ND).view(N, H, hd)
-        v = self.v_proj(x_ND).view(N, H, hd)
+        q, k, v = self._qkv(x_ND)
+        q = (q * self.scaling).view(N, H, hd)  # scaled before rotary, as above
+        k, v = k.view(N, H, hd), v.view(N, H, hd)
         if self.rot_emb is not None:
             q, k = self.rot_emb.forward_packed(q, k, packing)
         dropout_p = self.dropout if self.training else 0.0
