@@ -74,6 +74,29 @@ def test_windows_cover_long_sequences_and_contacts_run_padded(model, seqs):
         Engine(model, long="error", window=120).spans(300)
 
 
+def test_log_probs_packed_equal_each_sequence_alone(model, seqs):
+    """Engine.log_probs (the variant scorers' path): per list, in input order, the log-softmax
+    of a lone padded forward, <mask> kept where placed; several lists share a packed forward."""
+    a = model.alphabet
+    encoded = [a.encode(s[:40]) for s in seqs]
+    encoded[0][3] = a.mask_idx
+    got = [None] * len(encoded)
+    forwards = 0
+    for idx, lps in Engine(model, a, toks_per_batch=200).log_probs(encoded):
+        forwards += 1
+        for i, lp in zip(idx, lps):
+            got[i] = lp
+    assert forwards < len(encoded)
+    for e, lp in zip(encoded, got):
+        tokens = torch.tensor([[a.cls_idx, *e, a.eos_idx]])
+        with torch.no_grad():
+            want = torch.log_softmax(model(tokens)["logits"][0], -1)
+        assert lp.shape == want.shape
+        torch.testing.assert_close(lp, want, atol=TOL, rtol=0)
+    with pytest.raises(InputError, match="over the model's limit"):
+        next(Engine(model, a, window=10).log_probs([a.encode("A" * 11)]))
+
+
 def test_packed_batches_fill_the_real_token_budget(model):
     eng = Engine(model, toks_per_batch=100)
     batches = eng.batches([10, 40, 30, 200, 20], {"mean"})

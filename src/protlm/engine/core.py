@@ -1,7 +1,8 @@
 """The inference engine: batches of sequences through an ESM model, pooled per record.
 
 Every command that runs a model over many sequences goes through `Engine`: `protlm embed`,
-the function heads' embeddings (protlm.tasks.pooling) and `contacts predict`.
+the function heads' embeddings (protlm.tasks.pooling), `contacts predict`, and the variant
+scorers (`Engine.log_probs`: LM log-probabilities of masked or plain sequences).
 
 - Embeddings run PACKED (protlm.models.packing): sequences concatenated with no padding, so
   the token budget counts real tokens only. Contacts need the attention maps, which only the
@@ -270,6 +271,37 @@ class Engine:
         # <cls> tokens: never padding (forward_packed refuses it); the dummy attends only to itself
         dummy = tokens_N.new_full((extra,), self.alphabet.cls_idx)
         return torch.cat([tokens_N, dummy]), torch.cat([cu, cu.new_tensor([N + extra])])
+
+    # ---- log-probabilities (the variant scorers) ----
+    @torch.no_grad()
+    def log_probs(self, encoded: Sequence[Sequence[int]]) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """Yield (indices, log-probs) batch by batch, shortest first: for each encoded residue
+        list (alphabet indices, <mask> where a position is masked; BOS/EOS added here), the
+        (len + BOS + EOS, V) float32 log-softmax of the LM logits on the host, row 0 BOS.
+        Lists must fit the model (the scorers cut their own windows). Packed token-budget
+        batches as for embeddings (padded for models without a packed forward)."""
+        want = frozenset({"logits"})
+        costs = [len(e) + self._specials for e in encoded]
+        if any(c > self.window + self._specials for c in costs):
+            raise InputError(f"a sequence is over the model's limit of {self.window} residues")
+        groups = (packed_batches(costs, self.toks_per_batch) if self._is_packed(want)
+                  else token_budget_batches(costs, self.toks_per_batch, self.max_padding))
+        for group in groups:
+            _, tokens, cu = self._tokens(group, encoded, want)
+            tokens = tokens.to(self.device, non_blocking=True)
+            if cu is None:
+                lp = _to_host(torch.log_softmax(self.model(tokens)["logits"].float(), -1))
+                yield group, [lp[b, : costs[i]] for b, i in enumerate(group)]
+                continue
+            N, cu = tokens.numel(), cu.to(self.device, non_blocking=True)
+            if self.compile:
+                tokens, cu = self._bucket(tokens, cu)
+            with _swapped_in(self.model.layers, self._compiled):
+                logits = self.model.forward_packed(tokens, cu, (), return_logits=True)["logits"][:N]
+            lp = _to_host(torch.log_softmax(logits.float(), -1))
+            if self.device.type == "cuda":
+                torch.cuda.current_stream().synchronize()  # the copy above is non-blocking
+            yield group, list(lp.split([costs[i] for i in group]))
 
     # ---- whole runs ----
     def run(self, seqs: Sequence[str], want) -> Iterator[tuple[list[int], list[dict]]]:

@@ -16,11 +16,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
-from protlm.alphabet import Alphabet, pad_tokens
+from protlm.alphabet import Alphabet
+from protlm.engine.core import Engine
 from protlm.io import atomic_path
 from protlm.lock import output_lock
 from protlm.windows import merge_1d, window_spans
@@ -88,34 +89,18 @@ def centred_window(positions: Sequence[int], length: int, max_len: int) -> tuple
     return start, start + max_len
 
 
-LogProbFn = Callable[[list[list[int]]], torch.Tensor]
-
-
-def model_log_probs(model, alphabet: Alphabet) -> LogProbFn:
-    """Residue index lists (same length) -> (B, T, V) log-softmax of the LM logits, float32.
-
-    T includes BOS (row 0) and EOS, so residue i of a list sits at row i + 1.
-    """
-    device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def fn(tokens: list[list[int]]) -> torch.Tensor:
-        tokens_BT = pad_tokens(tokens, alphabet).to(device)
-        return torch.log_softmax(model(tokens_BT)["logits"].float(), dim=-1).cpu()
-
-    return fn
-
-
-def _run_batched(jobs: list[list[int]], log_probs: LogProbFn, batch_size: int, bar) -> list[torch.Tensor]:
-    out = []
-    for i in range(0, len(jobs), batch_size):
-        out.extend(log_probs(jobs[i : i + batch_size]).unbind(0))
-        bar.update(len(jobs[i : i + batch_size]))
+def _run(jobs: list[list[int]], engine: Engine, bar) -> list[torch.Tensor]:
+    """(len + 2, V) log-probs per job (row 0 BOS), in job order, through the inference engine."""
+    out: list[torch.Tensor | None] = [None] * len(jobs)
+    for idx, lps in engine.log_probs(jobs):
+        for i, lp in zip(idx, lps):
+            out[i] = lp
+        bar.update(len(idx))
     return out
 
 
 def _tokens(alphabet: Alphabet, seq: str, mask_at: Iterable[int] = ()) -> list[int]:
-    """Residue indices with <mask> at `mask_at`; pad_tokens adds BOS/EOS later."""
+    """Residue indices with <mask> at `mask_at`; the engine adds BOS/EOS."""
     toks = [alphabet.get_idx(c) for c in seq]
     for p in mask_at:
         toks[p] = alphabet.mask_idx
@@ -129,13 +114,13 @@ def _ratio(lp_TV: torch.Tensor, alphabet: Alphabet, muts, row0: int) -> float:
 
 
 def masked_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
-                    log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
+                    engine: Engine, max_len: int, bar) -> list[float]:
     """One forward per distinct set of mutated positions (masked together), batched."""
     sets = list(dict.fromkeys(tuple(m.pos for m in ms) for ms in mutants))
     wins = [centred_window(ps, len(wt_seq), max_len) for ps in sets]
     jobs = [_tokens(alphabet, wt_seq[s:e], [p - s for p in ps]) for ps, (s, e) in zip(sets, wins)]
     bar.reset(total=len(jobs))
-    lps = dict(zip(sets, zip(_run_batched(jobs, log_probs, batch_size, bar), wins)))
+    lps = dict(zip(sets, zip(_run(jobs, engine, bar), wins)))
     out = []
     for ms in mutants:
         lp, (s, _) = lps[tuple(m.pos for m in ms)]
@@ -144,19 +129,18 @@ def masked_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: 
 
 
 def wt_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
-                log_probs: LogProbFn, max_len: int, batch_size: int, bar) -> list[float]:
+                engine: Engine, max_len: int, bar) -> list[float]:
     """Log-probs from unmasked wild-type forwards (overlapping windows averaged if long)."""
     spans = window_spans(len(wt_seq), max_len)
     bar.reset(total=len(spans))
-    parts = _run_batched([_tokens(alphabet, wt_seq[s:e]) for s, e in spans], log_probs, batch_size, bar)
+    parts = _run([_tokens(alphabet, wt_seq[s:e]) for s, e in spans], engine, bar)
     # (n+2, V) per window -> residue rows only, averaged where windows overlap -> (L, V)
     lp_LV = merge_1d([p[1 : e - s + 1] for p, (s, e) in zip(parts, spans)], spans, len(wt_seq))
     return [_ratio(lp_LV, alphabet, ms, 0) for ms in mutants]
 
 
 def pseudo_ll(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphabet,
-              log_probs: LogProbFn, max_len: int, batch_size: int, bar,
-              store: "PLLStore | None" = None) -> list[float]:
+              engine: Engine, max_len: int, bar, store: "PLLStore | None" = None) -> list[float]:
     """PLL(mutant) - PLL(wild type) over the scoring window; one forward per masked position.
 
     With `store`, each sequence's PLL is saved as soon as it is known and reused, so a killed
@@ -169,7 +153,7 @@ def pseudo_ll(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alphab
     todo = [s for s in dict.fromkeys([wt_seq[s:e] for s, e in wt_keys] + seqs) if s not in pll]
     bar.reset(total=sum(len(s) for s in todo))
     for s in todo:
-        pll[s] = _pll(s, alphabet, log_probs, batch_size, bar)
+        pll[s] = _pll(s, alphabet, engine, bar)
         if store is not None:
             store.add(s, pll[s])
     return [pll[s] - pll[wt_seq[a:b]] for s, (a, b) in zip(seqs, wins)]
@@ -216,9 +200,9 @@ def _json_or_none(line: str):
         return None
 
 
-def _pll(seq: str, alphabet: Alphabet, log_probs: LogProbFn, batch_size: int, bar) -> float:
+def _pll(seq: str, alphabet: Alphabet, engine: Engine, bar) -> float:
     jobs = [_tokens(alphabet, seq, [i]) for i in range(len(seq))]
-    lps = _run_batched(jobs, log_probs, batch_size, bar)
+    lps = _run(jobs, engine, bar)
     return sum(float(lp[i + 1, alphabet.get_idx(c)]) for i, (lp, c) in enumerate(zip(lps, seq)))
 
 
@@ -243,9 +227,11 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     max_len = max_len or model.config.max_sequence_length
     extra = {"store": pll_store} if method == "pseudo-ll" else {}
+    # batch_size sequences per forward: the scorers' sequences of one call share a length
+    engine = Engine(model, alphabet, toks_per_batch=batch_size * (min(max_len, len(wt_seq)) + alphabet.num_specials),
+                    window=max_len)
     with tqdm(desc=method, unit="fwd", disable=not progress) as bar:
-        return SCORERS[method](wt_seq, parsed, alphabet, model_log_probs(model, alphabet),
-                               max_len, batch_size, bar, **extra)
+        return SCORERS[method](wt_seq, parsed, alphabet, engine, max_len, bar, **extra)
 
 
 def read_wild_type(path, unknown: str | None = None) -> str:
