@@ -6,12 +6,13 @@ embeddings, LayerNorm, softmax/attention, GELU, residual adds, the tied LM proje
 outputs) and the contact regression (its inputs are attention maps, its output one logit).
 
 Kernels: PyTorch's quantized CPU ops (`torch.ops.quantized.linear_prepack` /
-`linear_dynamic`, FBGEMM or oneDNN under `torch.backends.quantized.engine`). Those kernels
-quantize the whole input with one scale (its min and max), which would make a sequence's
-result depend on the other sequences (and padding) of its batch. So each token's row is first
-mapped affinely onto exactly [-1, 1] (x = c + s * xn), the kernel quantizes xn (every batch then
-has min -1 and max 1: the same scale), and the output is mapped back: y = s * (W xn) + c * (W 1)
-+ b. That is per-token asymmetric quantization, batch-invariant, for two elementwise passes. torchao
+`linear_dynamic`, weights packed for oneDNN). Those kernels quantize the whole input with one
+scale (its min and max), which would make a sequence's result depend on the other sequences
+(and padding) of its batch. So each token's row is first mapped affinely onto [-1, 1]
+(x = c + s * xn), the kernel quantizes xn (every call then has min -1 and max 1: the same
+scale), and the output is mapped back: y = s * (W xn) + c * (W 1) + b. That is per-token
+asymmetric quantization, batch-invariant (`PerTokenInt8`). q, k and v share one call
+(`FusedQKV`), and GELU uses PyTorch's fused kernel (`quantize_`). torchao
 0.18's int8 path was measured 50x slower than fp32 on an AVX2 CPU (docs/performance.md), so
 the ops shipped inside torch are used; nothing beyond torch is needed.
 
@@ -31,10 +32,10 @@ from torch import nn
 
 from protlm.models.layers import gelu
 
-# Weights use 7 bits ([-63, 63], zero point 0) so activations can use all 8: FBGEMM (engines
-# 'fbgemm', 'x86') sums pairs of uint8 x int8 products in saturating int16 on CPUs without
-# VNNI, and 2 * 255 * 63 < 2**15. Measured on protlm_small (TEM-1 mean embeddings): 8-bit
-# activations with 7-bit weights err 1.5% where 7-bit activations with 8-bit weights err 2.5%.
+# Weights use 7 bits ([-63, 63], zero point 0) so activations can use all 8: FBGEMM and oneDNN
+# sum pairs of uint8 x int8 products in saturating int16 on CPUs without VNNI, and
+# 2 * 255 * 63 < 2**15. Measured on protlm_small (TEM-1 mean embeddings): 8-bit activations
+# with 7-bit weights err 1.5% where 7-bit activations with 8-bit weights err 2.5%.
 QMAX = 63
 
 
@@ -66,7 +67,7 @@ def quantize_weight(w_OI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class PerTokenInt8:
     """The kernel behind Int8Linear: y = x W^T + b, W int8 per output channel (packed once), x
     quantized per token on each call. A plain object, not a module: it holds no state of its own
-    that a state dict should see (`Int8Linear` and `fuse_qkv` build it from their buffers).
+    that a state dict should see (`Int8Linear` and `FusedQKV` build it from their buffers).
 
     Each token's row is mapped onto [-1, 1] (x = c + h * u, one pass, clamped) and one more row
     holding exactly -1 and +1 is appended, so the kernel's own per-call range is always [-1, 1]:
