@@ -48,13 +48,13 @@ AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 # ---------------------------------------------------------------- inputs and models
-def workloads(smoke: bool) -> dict[str, list[str]]:
+def workloads(smoke: bool, fasta: Path = DATA) -> dict[str, list[str]]:
     from protlm.data.fasta import read_fasta
     import itertools
     import random
 
     n_mix, n_uni, uni_len, c_len = (12, 2, 371, 120) if smoke else (384, 32, 371, 1022)
-    mix = [r.sequence[:1022] for r in itertools.islice(read_fasta(DATA), n_mix)]
+    mix = [r.sequence[:1022] for r in itertools.islice(read_fasta(fasta), n_mix)]
     rng = random.Random(0)
     uniform = ["".join(rng.choice(AA) for _ in range(uni_len)) for _ in range(n_uni)]
     return {"mix": mix, "uniform": uniform, "contacts": ["".join(rng.choice(AA) for _ in range(c_len))]}
@@ -209,7 +209,7 @@ def bench_family(family: str, args, device, dtype, peak_tflops: float) -> None:
     cfg = config(family, args.smoke)
     models, autocast = build_all(cfg, device, dtype)
     ours = models["protlm"]
-    work = workloads(args.smoke)
+    work = workloads(args.smoke, args.fasta)
     engs = engines(ours, not args.no_compile)
     for wname in ("mix", "uniform"):
         seqs = work[wname]
@@ -251,6 +251,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, CPU, fp32: checks the script runs")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--fasta", type=Path, default=DATA,
+                    help="the mix's source (a copy of cath_s40.fasta on a machine without ../shared)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
