@@ -2,21 +2,21 @@
 
 import sys
 
-import h5py
 import numpy as np
+
+from protlm.embed_h5 import EmbeddingsFile
 
 
 def main(path: str) -> None:
-    with h5py.File(path, "r") as f:
-        ids = list(f.keys())
-        print(f"{path}: {len(ids)} records, model={f.attrs.get('model')}, layers={[int(x) for x in f.attrs.get('layers', [])]}")
+    with EmbeddingsFile(path) as f:
+        print(f"{path}: {len(f)} records, model={f.meta.get('model')}, layers={f.meta.get('layers', [])}")
         means = []
-        for rid in ids:
-            g = f[rid]
-            parts = [f"{k}{tuple(g[k].shape)}" for k in g.keys()]
+        for rid in f.ids:
+            arrays = f[rid]
+            parts = [f"{k}{tuple(v.shape)}" for k, v in arrays.items()]
             print(f"  {rid:28s} " + "  ".join(parts))
-            if "mean" in g:
-                means.append(g["mean"][-1])
+            if "mean" in arrays:
+                means.append(arrays["mean"][-1])
         if len(means) > 1:
             m = np.stack(means)
             m = m / np.linalg.norm(m, axis=1, keepdims=True)

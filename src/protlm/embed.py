@@ -93,19 +93,15 @@ class FastaSummary:
         return sum(self.lengths)
 
 
-def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None,
-               hdf5_names: bool = True) -> FastaSummary:
+def scan_fasta(path: str | Path, alphabet: Alphabet | None = None, unknown: str | None = None
+               ) -> FastaSummary:
     """Validate every record (FastaError on the first problem) and collect IDs, lengths, hashes.
 
-    With `hdf5_names`, IDs must also work as HDF5 group names (file names are always safe:
-    protlm.records.record_stem encodes them).
+    Any ID works in both formats: HDF5 stores IDs as data, and .pt file names are encoded by
+    protlm.records.record_stem.
     """
     summary = FastaSummary(Path(path))
     for rec in read_fasta(path, alphabet, unknown):
-        # a '/' would nest groups; '.' and '..' name the group itself or its parent
-        if hdf5_names and ("/" in rec.id or rec.id in (".", "..")):
-            raise EmbedError(f"{path}: record {rec.id!r}: IDs used as HDF5 group names may not "
-                             "contain '/' or be '.' or '..' (--format pt takes any ID)")
         summary.ids.append(rec.id)
         summary.lengths.append(len(rec.sequence))
         summary.digests += bytes.fromhex(sequence_hash(rec.sequence))
@@ -217,7 +213,7 @@ def load_checked(fasta, model_name, cfg: EmbedConfig, fmt: str, dtype: str, mode
     (summary, model, alphabet, meta). Every input error is raised here, before any compute."""
     import protlm
 
-    summary = scan_fasta(fasta, unknown=cfg.unknown, hdf5_names=fmt == "h5")
+    summary = scan_fasta(fasta, unknown=cfg.unknown)
     model, alphabet = (model_loader or protlm.load_model_and_alphabet)(model_name)
     check_lengths(summary, model.config.max_sequence_length, cfg.long)
     if "bos" in cfg.include and not alphabet.prepend_bos:
@@ -231,12 +227,12 @@ def write_records(engine: Engine, fasta, cfg: EmbedConfig, out, keep: Keep,
     """Embed the records `keep` selects into `out` (H5Output or PtOutput, begun) batch by batch;
     `on_batch(results)` runs after each batch is written (in the writer thread)."""
 
-    def write(item):  # in the writer thread: wait for the host copy, merge, write
-        batch = _results(*item, engine.layers, cfg.include)
+    def write(items):  # in the writer thread: wait for the host copies, merge, write as one piece
+        batch = [r for item in items for r in _results(*item, engine.layers, cfg.include)]
         out.write_batch(batch)
         on_batch(batch)
 
-    with BackgroundWriter(write, depth=4) as writer:
+    with BackgroundWriter(write, depth=4, many=True) as writer:
         for item in _pending(engine, fasta, cfg, keep):
             writer.put(item)
     out.write_index()

@@ -1,5 +1,6 @@
 """`protlm embed` on many ranks (torchrun): records split among ranks, one shard per rank,
-merged by rank 0 into the file one process would have written.
+merged by rank 0 into the file one process would have written (the same records and
+numbers; rows may come in another order).
 
 Every rank runs `embed_sharded`:
 1. Rank 0 takes the output's lock, validates the FASTA (the one full scan), loads the model and

@@ -1,11 +1,12 @@
 """Writers and readers for `protlm embed` outputs, with resume bookkeeping.
 
-HDF5 (`H5Output`): while a run is going, each batch becomes a shard file in `<OUT>.parts/`,
-written under a temporary name and renamed into place, so a shard either exists complete
-or not at all. `<OUT>` itself is an index of h5py ExternalLinks (`/<id>` -> shard), also
-rewritten under a temporary name and renamed, so it opens at any moment, even after SIGKILL,
-and holds complete records. At the end the shards are copied into one self-contained file
-that replaces the index, and the parts folder is removed. A rerun treats the records in the
+HDF5 (`H5Output`, the columnar format of protlm.embed_h5): while a run is going, each batch
+becomes a shard file in `<OUT>.parts/`, written under a temporary name and renamed into place,
+so a shard either exists complete or not at all. `<OUT>` itself is an index of h5py
+ExternalLinks (`/shards/<name>` -> shard), also rewritten under a temporary name and renamed,
+so it opens at any moment, even after SIGKILL, and holds complete records. At the end the
+shards' rows are copied into one self-contained file that replaces the index, and the parts
+folder is removed. A rerun treats the records in the
 shards (and in a finished `<OUT>`) as done; each record carries the hash of its sequence, so a
 rerun can tell a changed one, and where a record was rewritten the newest shard wins.
 
@@ -27,6 +28,7 @@ import h5py
 import numpy as np
 import torch
 
+from protlm import embed_h5 as H5
 from protlm.errors import ProtlmError
 from protlm.io import atomic_path, atomic_write, stale_temps
 from protlm.records import record_stem
@@ -47,39 +49,6 @@ def _check_meta(path: Path, found: dict, meta: dict) -> None:
                                   "choose another output path or delete it")
 
 
-def _h5_meta(f: h5py.File) -> dict:
-    a = f.attrs
-    meta = {k: a[k] for k in ("model", "long", "dtype") if k in a}
-    if "layers" in a:
-        meta["layers"] = [int(i) for i in a["layers"]]
-    if "include" in a:
-        meta["include"] = str(a["include"]).split(",")
-    return meta
-
-
-def _write_meta(f: h5py.File, meta: dict, layout: str) -> None:
-    for k, v in meta.items():
-        if k == "include":
-            v = ",".join(v)
-        f.attrs[k] = np.asarray(v, dtype=np.int64) if k == "layers" else v
-    f.attrs["layout"] = layout  # 'shard', 'links' while running, 'consolidated' when finished
-
-
-def _write_record(g: h5py.Group, r, layers: list[int]) -> None:
-    g.attrs["description"] = r.description
-    g.attrs["length"] = r.length
-    if r.sequence_sha256 is not None:
-        g.attrs["sequence_sha256"] = r.sequence_sha256
-    if r.truncated_from is not None:
-        g.attrs["truncated_from"] = r.truncated_from
-    for name in ("mean", "per_tok", "bos"):
-        d = getattr(r, name)
-        if d is not None:
-            g.create_dataset(name, data=torch.stack([d[k] for k in layers]).numpy())
-    if r.contacts is not None:
-        g.create_dataset("contacts", data=r.contacts.numpy())
-
-
 class H5Output:
     """Resumable HDF5 writer: `done_ids()`, then `write_batch` per batch, then `finish()`."""
 
@@ -90,6 +59,7 @@ class H5Output:
         self.layers = list(meta["layers"])
         self.index_interval_s = index_interval_s
         self._where: dict[str, str] = {}  # record id -> shard file name (the newest, if rewritten)
+        self._names: list[str] = []  # shard files, oldest first
         # after done_hashes(): record id -> (the file holding it, its sequence hash)
         self.located: dict[str, tuple[Path, str | None]] = {}
         self._last_index = 0.0
@@ -105,34 +75,41 @@ class H5Output:
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
-                    found, layout = _h5_meta(f), f.attrs.get("layout")
+                    found, layout, columnar = H5.read_meta(f), f.attrs.get("layout"), H5.is_columnar(f)
             except OSError:
                 raise OutputMismatchError(f"{self.path}: exists and is not an HDF5 file; "
                                           "choose another output path") from None
             _check_meta(self.path, found, self.meta)
+            if not columnar:
+                raise OutputMismatchError(f"{self.path}: written by an older protlm (one HDF5 group per "
+                                          "record), which this version reads but does not add to; "
+                                          "choose another output path")
             if layout == "consolidated" and self.parts.exists():
                 shutil.rmtree(self.parts)  # killed after the final rename: its shards are all in OUT
         self.located = {}
         if self.path.exists() and not self.parts.exists():
-            with h5py.File(self.path, "r") as f:
-                self.located = {rid: (self.path, h) for rid, h in _hashes(f).items()}
+            with H5.EmbeddingsFile(self.path) as f:
+                self.located = {rid: (self.path, h) for rid, h in f.hashes().items()}
         for shard in self._shards():  # in order: a rewritten record's newest shard wins
             with h5py.File(shard, "r") as f:
-                _check_meta(shard, _h5_meta(f), self.meta)
-                self.located.update((rid, (shard, h)) for rid, h in _hashes(f).items())
-                self._where.update((rid, shard.name) for rid in f.keys())
+                _check_meta(shard, H5.read_meta(f), self.meta)
+                rows = H5.Rows(f, shard)
+                self.located.update((rid, (shard, h)) for rid, h in rows.hashes().items())
+                self._where.update((rid, shard.name) for rid in rows.ids)
+            if shard.name not in self._names:
+                self._names.append(shard.name)
         return {rid: h for rid, (_, h) in self.located.items()}
 
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5")) if self.parts.is_dir() else []
 
     def part_files(self, ids: set[str]) -> dict[str, Path]:
-        """{id: the newest batch file holding it} for those of `ids` in the parts: names only,
-        no attributes read, so cheap for millions of records."""
+        """{id: the newest batch file holding it} for those of `ids` in the parts: the ID
+        columns only, so cheap for millions of records."""
         files = {}
         for shard in self._shards():
             with h5py.File(shard, "r") as f:
-                files.update((rid, shard) for rid in f.keys() if rid in ids)
+                files.update((rid, shard) for rid in H5.g_str(f["id"]) if rid in ids)
         return files
 
     def unfinished(self) -> bool:
@@ -147,6 +124,7 @@ class H5Output:
             for tmp in self.parts.glob("*.tmp"):
                 tmp.unlink()  # a shard cut off mid-write
             self._next_shard = 1 + max((int(p.stem.split("-")[1]) for p in self._shards()), default=0)
+            self._names = [p.name for p in self._shards()]
             return
         self.parts.mkdir(parents=True)
         if self.path.exists():
@@ -156,20 +134,22 @@ class H5Output:
             except OSError:
                 shutil.copyfile(self.path, base)
             with h5py.File(base, "r") as f:
-                self._where.update((rid, base.name) for rid in f.keys())
+                self._where.update((rid, base.name) for rid in H5.g_str(f["id"]))
+            self._names = [base.name]
 
     def write_batch(self, results: list) -> None:
         if not results:
             return
         name = f"shard-{self._next_shard:06d}.h5"
         self._next_shard += 1
+        cols = H5.columns(results, self.layers)  # before the file: a bad batch leaves nothing
         with atomic_path(self.parts / name) as tmp, h5py.File(tmp, "w") as f:
-            _write_meta(f, self.meta, "shard")
-            for r in results:
-                _write_record(f.create_group(r.id), r, self.layers)
+            H5.write_meta(f, self.meta, "shard")
+            H5.write_columns(f, cols)
+        self._names.append(name)
         for r in results:
             self._where[r.id] = name
-        # The index is rewritten whole (O(records)), so it is refreshed at most every
+        # The index is one link per shard, rewritten whole: refreshed at most every
         # index_interval_s and never more than ~10% of the time; shards are the truth for resume.
         wait = max(self.index_interval_s, 10 * self._index_cost_s)
         if time.monotonic() - self._last_index >= wait:
@@ -179,38 +159,30 @@ class H5Output:
         """Rewrite OUT as ExternalLinks to the shards (relative paths, so the pair can move)."""
         t0 = time.monotonic()
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
-            _write_meta(f, self.meta, "links")
-            for rid, shard in self._where.items():
-                f[rid] = h5py.ExternalLink(f"{self.parts.name}/{shard}", f"/{rid}")
+            H5.write_meta(f, self.meta, "links")
+            g = f.create_group("shards")
+            for name in self._names:
+                g[name] = h5py.ExternalLink(f"{self.parts.name}/{name}", "/")
         self._last_index = time.monotonic()
         self._index_cost_s = self._last_index - t0
 
     def finish(self) -> None:
-        """Copy every shard into one self-contained file, rename it over OUT, drop the parts."""
+        """Copy every record's newest row into one self-contained file, rename it over OUT,
+        drop the parts."""
         if not self.parts.is_dir():
             return  # nothing new was written: OUT is already consolidated
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as dst:
-            _write_meta(dst, self.meta, "consolidated")
-            for shard in reversed(self._shards()):  # newest first: a rewritten record's new version
-                with h5py.File(shard, "r") as src:
-                    for rid in src.keys():
-                        if rid not in dst:
-                            src.copy(src[rid], dst, name=rid)
+        order = {name: i for i, name in enumerate(p.name for p in self._shards())}
+        files = {rid: self.parts / name for rid, name in sorted(self._where.items(), key=lambda x: order[x[1]])}
+        merge_h5(self.path, self.meta, files)
         shutil.rmtree(self.parts)
 
 
 def merge_h5(path: str | Path, meta: dict, files: dict[str, Path]) -> None:
     """Write one consolidated HDF5 output at `path` from {record id: the file holding it}
     (each file opened once), under a temporary name renamed into place."""
-    by_file: dict[Path, list[str]] = {}
-    for rid, file in files.items():
-        by_file.setdefault(file, []).append(rid)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
-        _write_meta(dst, meta, "consolidated")
-        for file, rids in by_file.items():
-            with h5py.File(file, "r") as src:
-                for rid in rids:
-                    src.copy(src[rid], dst, name=rid)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        H5.merge(path, meta, files, tmp=tmp)
 
 
 class PtOutput:
@@ -281,22 +253,21 @@ def to_fair_esm_dict(r) -> dict:
     return out
 
 
-def _hashes(f: h5py.File) -> dict[str, str | None]:
-    return {rid: f[rid].attrs.get("sequence_sha256") for rid in f.keys()}
-
-
 def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """{id: {'mean' | 'per_tok' | 'bos' | 'contacts': array}} from a finished or running output."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        for rid in ids if ids is not None else f.keys():
-            out[rid] = {k: f[rid][k][()] for k in f[rid].keys()}
-    return out
+    """{id: {'mean' | 'per_tok' | 'bos' | 'contacts': array}} from a finished or running output
+    (all in memory: for large files use protlm.embed_h5.EmbeddingsFile, which reads by ID)."""
+    return H5.read(path, ids)
+
+
+def read_h5_info(path: str | Path) -> dict[str, dict]:
+    """{id: {'description', 'length', 'sequence_sha256', 'truncated_from'}} of an output."""
+    with H5.EmbeddingsFile(path) as f:
+        return {rid: f.info(rid) for rid in f.ids}
 
 
 def read_h5_meta(path: str | Path) -> dict:
     with h5py.File(path, "r") as f:
-        meta = _h5_meta(f)
+        meta = H5.read_meta(f)
         meta["layout"] = f.attrs.get("layout")
         meta["protlm_version"] = f.attrs.get("protlm_version")
     return meta

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from click.testing import CliRunner
 from protlm import build_model
 from protlm.cli.main import cli
 from protlm.data.fasta import read_fasta, write_fasta
+from protlm.embed_h5 import EmbeddingsFile
 from protlm.embed_io import read_h5, read_h5_meta, read_pt
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
@@ -47,9 +47,9 @@ def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
     r = run(fasta, *opts, "--output", tmp_path / "e.h5")
     assert r.exit_code == 0, r.output
     assert "15 records written" in r.output
-    with h5py.File(tmp_path / "e.h5") as f:
-        assert list(f.attrs["layers"]) == [0, 2] and f.attrs["model"] == str(models / "esm2")
-        assert f.attrs["protlm_version"] and len(f) == 15
+    with EmbeddingsFile(tmp_path / "e.h5") as f:
+        assert list(f.meta["layers"]) == [0, 2] and f.meta["model"] == str(models / "esm2")
+        assert f.meta["protlm_version"] and len(f) == 15
         g = f["UniRef50_A0A2C9LWN7"]  # 935 residues
         assert g["mean"].shape == (2, 64) and g["per_tok"].shape == (2, 935, 64)
         assert g["bos"].shape == (2, 64) and g["contacts"].shape == (935, 935)
@@ -78,8 +78,8 @@ def test_gzip_fasta_and_repeated_options(tmp_path, shared_data, models):
     r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5",
             "--repr-layers", "-1", "--repr-layers", "0", "--include=bos")
     assert r.exit_code == 0, r.output
-    with h5py.File(tmp_path / "e.h5") as f:
-        assert list(f.attrs["layers"]) == [0, 2] and len(f) == 3
+    with EmbeddingsFile(tmp_path / "e.h5") as f:
+        assert list(f.meta["layers"]) == [0, 2] and len(f) == 3
         assert set(f["UniRef50_A0A223SCH7"]) == {"bos"}
 
 
@@ -89,7 +89,7 @@ def test_long_sequences_window_and_truncate(tmp_path, shared_data, models):
         out = tmp_path / f"{mode}.h5"
         r = run(fasta, "--model", models / "short", "--output", out, "--long", mode, "--include", "per_tok", "contacts")
         assert r.exit_code == 0, r.output
-        with h5py.File(out) as f:
+        with EmbeddingsFile(out) as f:
             assert f["UniRef50_UPI0003108055"]["per_tok"].shape == (1, length, 64)
             assert f["UniRef50_UPI0003108055"]["contacts"].shape == (length, length)
 
@@ -165,12 +165,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shared_data, mo
     seen = 0
     for n_shards in (10, 60):  # killed twice, at different points
         kill_after_shards(cli_args(fasta, models / "esm2", out), parts, n_shards)
-        with h5py.File(out) as f:  # opens after SIGKILL, every record in it complete
-            assert f.attrs["layout"] == "links"
+        with EmbeddingsFile(out) as f:  # opens after SIGKILL, every record in it complete
+            assert f.meta["layout"] == "links"
             assert len(f) > seen  # the second run added to what the first left
             seen = len(f)
             for rid in f:
-                L = f[rid].attrs["length"]
+                L = f.info(rid)["length"]
                 assert f[rid]["mean"].shape == (1, 64) and f[rid]["per_tok"].shape == (1, L, 64)
     done = subprocess.run(cli_args(fasta, models / "esm2", out), check=True, capture_output=True, text=True)
     assert "already in" in done.stderr and not parts.exists()
@@ -179,8 +179,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shared_data, mo
     for rid in a:
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
-    with h5py.File(out) as f:
-        assert f.attrs["layout"] == "consolidated"
+    assert read_h5_meta(out)["layout"] == "consolidated"
 
 
 def main_args(*args):
@@ -266,8 +265,12 @@ def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
     assert len(list((tmp_path / "pt").glob("*.pt"))) == 4
     r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
     assert "0 records written, 4 already" in r.output
-    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # HDF5 groups cannot
-    assert r.exit_code != 0 and "record 'a/b'" in r.output and "--format pt" in r.output
+    r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # IDs are data in HDF5
+    assert r.exit_code == 0, r.output
+    h5, pt = read_h5(tmp_path / "e.h5"), {rid: read_pt(tmp_path / "pt" / f"{record_stem(rid)}.pt") for rid in ids}
+    assert sorted(h5) == sorted(ids)
+    for rid in ids:
+        np.testing.assert_array_equal(h5[rid]["mean"][0], pt[rid]["mean_representations"][2].numpy())
 
 
 def main_run(capsys, *args):
@@ -337,10 +340,10 @@ def test_truncation_is_announced_once_and_recorded_per_record(tmp_path, shared_d
     warnings = [line for line in r.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: 3 of 4 records are longer than")
     assert "limit of 32 residues" in warnings[0] and "--long window" in warnings[0]
-    with h5py.File(tmp_path / "t.h5") as f:
+    with EmbeddingsFile(tmp_path / "t.h5") as f:
         for rid, n in lengths.items():
-            assert f[rid].attrs["truncated_from"] == n and f[rid]["per_tok"].shape == (1, 32, 64)
-        assert "truncated_from" not in f["short"].attrs and f["short"]["per_tok"].shape == (1, 20, 64)
+            assert f.info(rid)["truncated_from"] == n and f[rid]["per_tok"].shape == (1, 32, 64)
+        assert f.info("short")["truncated_from"] is None and f["short"]["per_tok"].shape == (1, 20, 64)
     r = run(fasta, *opts, "--output", tmp_path / "t.h5")  # nothing left to embed: nothing truncated
     assert r.exit_code == 0 and "warning" not in r.stderr
 
@@ -353,5 +356,5 @@ def test_truncation_is_announced_once_and_recorded_per_record(tmp_path, shared_d
 
     r = run(fasta, *opts, "--output", tmp_path / "w.h5", "--long", "window")
     assert r.exit_code == 0 and "warning" not in r.stderr
-    with h5py.File(tmp_path / "w.h5") as f:
-        assert all("truncated_from" not in f[rid].attrs for rid in f)
+    with EmbeddingsFile(tmp_path / "w.h5") as f:
+        assert all(f.info(rid)["truncated_from"] is None for rid in f)

@@ -7,7 +7,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 
 from protlm import load_model_and_alphabet
 from protlm.cli.main import cli
+from protlm.embed_h5 import EmbeddingsFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 import _writers as W  # noqa: E402
@@ -40,7 +40,7 @@ def test_embed_mean_is_over_residues_only(tmp_path, t5_dir):
              "--repr-layers", "0", "-1", "--no-progress")
     assert r.exit_code == 0, r.output
     model, alphabet = load_model_and_alphabet(t5_dir)
-    with h5py.File(out) as f, torch.no_grad():
+    with EmbeddingsFile(out) as f, torch.no_grad():
         for rid, seq in seqs.items():
             tokens = torch.tensor([alphabet.encode(seq) + [alphabet.eos_idx]])  # residues, </s>
             rep = model(tokens, repr_layers=[2])["representations"][2][0]

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from protlm.cli.main import cli
-from protlm.embed_io import read_pt
+from protlm.embed_io import read_h5, read_h5_info, read_pt
 from test_cli_embed import beta_lactamase_fasta, models  # noqa: F401 - the models fixture
 
 pytestmark = pytest.mark.distributed
@@ -42,14 +42,14 @@ def one_process(*args):
 
 
 def h5_content(path) -> tuple:
-    """Everything h5py shows of a file: root attrs, then per record (in iteration order) its
-    attrs and each dataset's dtype, shape and bytes."""
-    def attrs(obj):
-        return {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
-
+    """Everything a reader gets from a file: root attrs, the columns' dtypes, then per record
+    (by ID: rows may be in another order) its fields and each array's dtype, shape and bytes."""
     with h5py.File(path) as f:
-        return attrs(f), [(rid, attrs(f[rid]), {k: (d.dtype.str, d.shape, d[()].tobytes()) for k, d in f[rid].items()})
-                          for rid in f]
+        root = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}
+        dtypes = {k: (d.dtype.str, d.shape[1:]) for k, d in f.items()}
+    info, arrays = read_h5_info(path), read_h5(path)
+    return (root, dtypes), [(rid, info[rid], {k: (a.dtype.str, a.shape, a.tobytes()) for k, a in arrays[rid].items()})
+                            for rid in sorted(info)]
 
 
 def assert_same_h5(a, b):

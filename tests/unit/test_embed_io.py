@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from protlm.embed import EmbedConfig, EmbedResult, embed_to_file
-from protlm.embed_io import (H5Output, OutputMismatchError, PtOutput, read_h5, read_h5_meta,
-                             read_pt, to_fair_esm_dict)
+from protlm.embed_io import (H5Output, OutputMismatchError, PtOutput, read_h5, read_h5_info,
+                             read_h5_meta, read_pt, to_fair_esm_dict)
 from protlm.pretrained.protlm_format import save_protlm
 
 META = {"model": "m", "layers": [0, 2], "include": ["mean", "per_tok"], "long": "truncate",
@@ -52,7 +52,9 @@ def test_running_output_is_a_readable_link_index(tmp_path, monkeypatch):
         assert f.attrs["layout"] == "consolidated" and f.attrs["model"] == "m"
         assert list(f.attrs["layers"]) == [0, 2] and f.attrs["protlm_version"] == "0.1.0"
         assert all(f.get(k, getlink=True).__class__ is h5py.HardLink for k in f)  # self-contained
-        assert f["d"].attrs["description"] == "d desc" and f["d"].attrs["length"] == 2
+        assert sorted(f["id"].asstr()[()]) == ["a", "b", "c", "d"] and f["per_tok"].shape == (17, 2, 4)
+    assert read_h5_info(tmp_path / "e.h5")["d"] == {"description": "d desc", "length": 2,
+                                                    "sequence_sha256": None, "truncated_from": None}
     assert sorted(read_h5(tmp_path / "e.h5")) == ["a", "b", "c", "d"]
 
 
@@ -166,7 +168,69 @@ def test_rewritten_record_newest_version_wins(tmp_path):
     assert read_h5(path)["a"]["per_tok"].shape == (2, 4, 4)  # the running index links the new one
     assert H5Output(path, META).done_hashes() == {"a": "h-new", "b": "h-b"}  # as a rerun after a kill sees it
     again.finish()
-    with h5py.File(path) as f:
-        assert f["a"].attrs["sequence_sha256"] == "h-new" and f["a"]["per_tok"].shape == (2, 4, 4)
-        assert f["b"].attrs["sequence_sha256"] == "h-b"
+    info = read_h5_info(path)
+    assert info["a"]["sequence_sha256"] == "h-new" and info["b"]["sequence_sha256"] == "h-b"
+    assert read_h5(path)["a"]["per_tok"].shape == (2, 4, 4) and len(info) == 2  # one row each
     np.testing.assert_array_equal(read_h5(path)["a"]["mean"][0], fake("a", 4, 2).mean[0].numpy())
+
+
+def full(rid, L, seed):
+    r = hashed(rid, L, seed, f"h-{rid}-{L}")
+    r.bos = {k: v[0] for k, v in r.per_tok.items()}
+    r.contacts = torch.rand(L, L, generator=torch.Generator().manual_seed(seed))
+    r.truncated_from = L + 10 if seed % 2 else None
+    return r
+
+
+def test_merge_in_small_blocks_keeps_every_row_exact(tmp_path, monkeypatch):
+    """Rows copied in blocks (here of at most 2 rows / 12 ragged values), some rows of a file left
+    out (rewritten later): every field and array comes back exact."""
+    from protlm import embed_h5
+
+    monkeypatch.setattr(embed_h5, "BLOCK_ROWS", 2)
+    monkeypatch.setattr(embed_h5, "BLOCK_ELEMENTS", 12)
+    meta = {**META, "include": ["mean", "per_tok", "bos", "contacts"]}
+    out = H5Output(tmp_path / "e.h5", meta)
+    out.done_ids(), out.begin()
+    first = [full(rid, L, i) for i, (rid, L) in enumerate([("a", 3), ("b", 1), ("c", 5), ("d", 2), ("e", 4)])]
+    out.write_batch(first)
+    later = [full("b", 6, 7), full("d", 3, 8)]  # --overwrite-changed: newer versions
+    out.write_batch(later)
+    out.finish()
+    want = {r.id: r for r in first} | {r.id: r for r in later}
+    got, info = read_h5(tmp_path / "e.h5"), read_h5_info(tmp_path / "e.h5")
+    assert sorted(got) == sorted(want) == sorted(info)
+    for rid, r in want.items():
+        assert info[rid] == {"description": r.description, "length": r.length,
+                             "sequence_sha256": r.sequence_sha256, "truncated_from": r.truncated_from}
+        np.testing.assert_array_equal(got[rid]["per_tok"], torch.stack([r.per_tok[0], r.per_tok[2]]).numpy())
+        np.testing.assert_array_equal(got[rid]["mean"], torch.stack([r.mean[0], r.mean[2]]).numpy())
+        np.testing.assert_array_equal(got[rid]["bos"], torch.stack([r.bos[0], r.bos[2]]).numpy())
+        np.testing.assert_array_equal(got[rid]["contacts"], r.contacts.numpy())
+
+
+def test_files_of_the_old_layout_are_read_but_not_resumed(tmp_path):
+    """Before the columnar format, protlm wrote one HDF5 group per record."""
+    path = tmp_path / "old.h5"
+    r = fake("a", 3, 0)
+    with h5py.File(path, "w") as f:
+        for k, v in META.items():
+            f.attrs[k] = ",".join(v) if k == "include" else v
+        f.attrs["layout"] = "consolidated"
+        g = f.create_group("a")
+        g.attrs["description"], g.attrs["length"], g.attrs["sequence_sha256"] = "a desc", 3, "h"
+        g.create_dataset("mean", data=torch.stack([r.mean[0], r.mean[2]]).numpy())
+    np.testing.assert_array_equal(read_h5(path)["a"]["mean"][1], r.mean[2].numpy())
+    assert read_h5_info(path)["a"] == {"description": "a desc", "length": 3, "sequence_sha256": "h",
+                                       "truncated_from": None}
+    with pytest.raises(OutputMismatchError, match="older protlm .* choose another output path"):
+        H5Output(path, META).done_ids()
+
+
+def test_any_record_id_is_a_row(tmp_path):
+    """IDs are data, not HDF5 names: '/', '.', '..' and non-ASCII IDs are kept as they are."""
+    ids = ["a/b", ".", "..", "Ωmega|1"]
+    out = H5Output(tmp_path / "e.h5", META)
+    out.done_ids(), out.begin(), out.write_batch([fake(rid, 2, i) for i, rid in enumerate(ids)]), out.finish()
+    assert sorted(read_h5(tmp_path / "e.h5")) == sorted(ids)
+    assert H5Output(tmp_path / "e.h5", META).done_ids() == set(ids)

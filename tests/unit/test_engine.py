@@ -162,3 +162,25 @@ def test_writer_queue_is_bounded():
     t.join(5)
     w.close()
     assert written == list(range(10))
+
+
+def test_writer_with_many_writes_what_waits_as_one_piece_in_order():
+    """many=True: a writer that falls behind gets every waiting item at once (fewer, larger
+    shards), still in put order, each item once."""
+    import threading
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def write(items):
+        started.set()
+        release.wait(5)
+        calls.append(list(items))
+
+    w = BackgroundWriter(write, depth=4, many=True)
+    w.put(0)
+    assert started.wait(5)  # 0 is being written; 1..4 queue up behind it
+    for i in range(1, 5):
+        w.put(i)
+    release.set()
+    w.close()
+    assert calls == [[0], [1, 2, 3, 4]]

@@ -58,30 +58,54 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 class BackgroundWriter:
     """Calls `write(item)` for each `put(item)` in one thread, in order; at most `depth` waiting.
 
+    With `many=True`, `write` takes a list instead: every item waiting when the thread comes
+    back for more (at least one), so a writer that falls behind writes fewer, larger pieces
+    (each written piece costs a fixed amount on top of its rows: a file, its fsyncs).
+
     Use as a context manager: leaving it waits for every queued write (or, after an error in
     the caller, stops after the write in progress). A write error is raised by the next put()
     or by close(). Items are written in put order, so resume bookkeeping is that of a
     synchronous loop: whatever a kill interrupts was never recorded as written.
     """
 
-    def __init__(self, write: Callable[[T], None], depth: int = 4):
+    def __init__(self, write: Callable, depth: int = 4, many: bool = False):
         self._write = write
+        self._many = many
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._abort = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name="protlm-writer")
         self._thread.start()
 
+    def _take(self) -> tuple[list, bool]:
+        """(items to write now, whether the end was reached)."""
+        item = self._q.get()
+        if item is _DONE:
+            return [], True
+        items = [item]
+        while self._many:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is _DONE:
+                return items, True
+            items.append(item)
+        return items, False
+
     def _loop(self):
         while True:
-            item = self._q.get()
-            if item is _DONE:
-                return
-            if self._error is None and not self._abort:
+            items, done = self._take()
+            if items and self._error is None and not self._abort:
                 try:
-                    self._write(item)
+                    if self._many:
+                        self._write(items)
+                    else:
+                        self._write(items[0])
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                     self._error = exc
+            if done:
+                return
 
     def _check(self):
         if self._error is not None:
