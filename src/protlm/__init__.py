@@ -5,10 +5,11 @@ __version__ = "0.1.0"
 from protlm.alphabet import Alphabet, BatchConverter, InvalidSequenceError
 from protlm.data.masking import mask_tokens
 from protlm.models import ESM, ESM1b, ESM2, ESMConfig, build_model
+from protlm import pretrained  # fair-esm style: protlm.pretrained.esm2_t33_650M_UR50D()
 
 __all__ = [
     "__version__", "Alphabet", "BatchConverter", "InvalidSequenceError",
-    "ESM", "ESM1b", "ESM2", "ESMConfig", "build_model", "load_model_and_alphabet", "mask_tokens",
+    "ESM", "ESM1b", "ESM2", "ESMConfig", "build_model", "load_model_and_alphabet", "mask_tokens", "pretrained",
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from protlm.errors import ProtlmError
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -158,19 +158,34 @@ class Alphabet:
     def _residue_set(self) -> frozenset[str]:
         return frozenset(self.residues)
 
-    def encode(self, seq: str) -> list[int]:
-        """Residue string -> indices (special tokens such as <mask> are recognised)."""
+    def encode(self, seq: str, record: str = "?", offset: int = 0) -> list[int]:
+        """Residue string -> indices (special tokens such as <mask> are recognised).
+
+        Any other character outside the alphabet (lower case included) raises
+        InvalidSequenceError naming `record` and the 1-based position (+ `offset`), as fair-esm's
+        batch converter refuses it (KeyError); `clean()` upper-cases and maps unknowns first.
+        """
         out, i = [], 0
+        get, tok_to_idx = self.residue_idx.get, self.tok_to_idx
         while i < len(seq):
-            if seq[i] == "<":
+            c = seq[i]
+            if c == "<":
                 j = seq.find(">", i)
-                if j > 0 and seq[i : j + 1] in self.tok_to_idx:
-                    out.append(self.tok_to_idx[seq[i : j + 1]])
+                if j > 0 and seq[i : j + 1] in tok_to_idx:
+                    out.append(tok_to_idx[seq[i : j + 1]])
                     i = j + 1
                     continue
-            out.append(self.residue_idx.get(seq[i], self.unk_idx))
+            idx = get(c)
+            if idx is None:
+                err = InvalidSequenceError(record, offset + i + 1, c)
+                err.hint = err.cli_hint = self.clean_hint
+                raise err
+            out.append(idx)
             i += 1
         return out
+
+    clean_hint = ("residues must be upper-case letters of the alphabet, as for fair-esm; "
+                  "Alphabet.clean(seq, unknown='X') upper-cases and maps the others to X")
 
     def get_batch_converter(self, truncation_seq_length: int | None = None) -> "BatchConverter":
         return BatchConverter(self, truncation_seq_length)
@@ -183,11 +198,14 @@ class BatchConverter:
         self.alphabet = alphabet
         self.truncation_seq_length = truncation_seq_length
 
-    def __call__(self, raw_batch: Sequence[tuple[str, str]]):
+    def __call__(self, raw_batch: Iterable[tuple[str | None, str]]):
         a = self.alphabet
+        raw_batch = list(raw_batch)  # a generator or zip would be used up by the first pass
         labels = [label for label, _ in raw_batch]
         strs = [s for _, s in raw_batch]
-        encoded = [a.encode(s) for s in strs]
+        # fair-esm's tokenizer drops whitespace; anything else outside the alphabet is an error
+        encoded = [a.encode("".join(s.split()), f"#{i}" if label is None else str(label))
+                   for i, (label, s) in enumerate(raw_batch)]
         if self.truncation_seq_length:
             encoded = [e[: self.truncation_seq_length] for e in encoded]
         return labels, strs, pad_tokens(encoded, a)

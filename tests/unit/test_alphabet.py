@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import esm
 import pytest
 import torch
@@ -80,3 +82,25 @@ def test_clean_unknown_maps_to_x():
     a = Alphabet()
     assert a.clean("MK1J#A", "r", unknown="X") == "MKXXXA"
     assert a.encode(a.clean("MK?", "r", unknown="X"))[-1] == a.get_idx("X")
+
+
+def test_batch_converter_refuses_what_fair_esm_refuses():
+    """Lower case, letters outside the alphabet and '*' raise (fair-esm: KeyError) naming the
+    record and position; whitespace is dropped as fair-esm's tokenizer does."""
+    from protlm.alphabet import InvalidSequenceError
+
+    bc = Alphabet().get_batch_converter()
+    for seq, pos, char in (("mkt", 1, "m"), ("MKJ", 3, "J"), ("MK*", 3, "*"), ("MK<foo>T", 3, "<")):
+        with pytest.raises(InvalidSequenceError, match=rf"record 'p1': invalid residue '{re.escape(char)}' at position {pos}"):
+            bc([("p1", seq)])
+    with pytest.raises(InvalidSequenceError, match="record '#1'"):  # no label: its index
+        bc([(None, "MK"), (None, "mk")])
+    assert bc([("a", "M K\nT")])[2].tolist() == bc([("a", "MKT")])[2].tolist()
+
+
+def test_batch_converter_takes_any_iterable():
+    bc = Alphabet().get_batch_converter()
+    want = bc([("a", "MKT"), ("b", "AA")])
+    for batch in ((x for x in [("a", "MKT"), ("b", "AA")]), zip(["a", "b"], ["MKT", "AA"])):
+        labels, strs, tokens = bc(batch)
+        assert labels == ["a", "b"] and strs == ["MKT", "AA"] and torch.equal(tokens, want[2])

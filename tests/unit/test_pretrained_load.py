@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from protlm.cli.main import cli
 from protlm.pretrained import download, load, registry
+from protlm.errors import NotFoundError
 from protlm.pretrained.load import CheckpointError, load_model_and_alphabet
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS, ModelEntry
@@ -398,3 +399,29 @@ def test_hf_wrong_family_and_bad_config(tmp_path, debug_model):
     cfg_path.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_model_and_alphabet(tmp_path / "hf")
+
+
+def test_fair_esm_style_accessors_and_hf_repo_ids(tmp_path, offline_hub, temp_entry):
+    """protlm.pretrained.<name>(), load_model_and_alphabet_local / _hub (as esm.pretrained) and a
+    published model's HF repo id all reach the same cached weights; a typo gets a suggestion."""
+    import protlm
+    from protlm.pretrained.registry import UnknownModelError
+
+    ref, cfg = W.reference_esm2()
+    ckpt = tmp_path / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    W.write_fair_esm(ref, cfg, ckpt / "esm2_t2_test.pt")
+    temp_entry(ModelEntry("esm2_t2_test", DEBUG_CONFIGS["esm2_debug"], hf_repo="facebook/esm2_t2_test"))
+    want = load_model_and_alphabet(ckpt / "esm2_t2_test.pt")[0]
+    for model, alphabet in (protlm.pretrained.esm2_t2_test(),
+                            protlm.pretrained.load_model_and_alphabet_hub("esm2_t2_test"),
+                            protlm.pretrained.load_model_and_alphabet_local(ckpt / "esm2_t2_test.pt"),
+                            protlm.load_model_and_alphabet("facebook/esm2_t2_test")):
+        assert same_weights(model, want) and not model.training and len(alphabet) == 33
+    assert "esm2_t2_test" in dir(protlm.pretrained) and offline_hub == []
+    with pytest.raises(AttributeError):
+        protlm.pretrained.esm2_t2_tset
+    with pytest.raises(UnknownModelError, match="did you mean 'esm2_t2_test'"):
+        protlm.pretrained.load_model_and_alphabet_hub("esm2_t2_tset")
+    with pytest.raises(NotFoundError, match="no such checkpoint"):
+        protlm.pretrained.load_model_and_alphabet_local(tmp_path / "missing.pt")

@@ -159,7 +159,7 @@ class Engine:
         spans = [self.spans(len(seqs[i])) for i in records]
         job = Job(list(records), spans, [len(seqs[i]) for i in records],
                   [(r, s, e) for r, sp in enumerate(spans) for s, e in sp])
-        enc = [self.alphabet.encode(seqs[records[r]][s:e]) for r, s, e in job.pieces]
+        enc = [self.alphabet.encode(seqs[records[r]][s:e], f"#{records[r]}", s) for r, s, e in job.pieces]
         budget, group, used = self.toks_per_batch, [], 0
         longest = 0
         for p, e in enumerate(enc):

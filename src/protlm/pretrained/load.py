@@ -323,7 +323,8 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
     `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
     (protlm.engine.precision; int8 weights are cached after the first quantization).
     Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
-    folder (EsmForMaskedLM or T5 layout), a protlm folder. Names: see `protlm.pretrained.registry`.
+    folder (EsmForMaskedLM or T5 layout), a protlm folder. Names: see `protlm.pretrained.registry`;
+    a published model's Hugging Face repo id (e.g. 'facebook/esm2_t6_8M_UR50D') works too.
     Weights load as fp32 whatever the file holds (ProtT5's half encoder is fp16) before `dtype`
     applies.
     """
@@ -332,6 +333,8 @@ def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device
         model = load_path(text)
     elif text in registry.REGISTRY:
         model = load_published(text)
+    elif registry.by_hf_repo(text) is not None:  # a Hugging Face repo id of a published model
+        model = load_published(registry.by_hf_repo(text).name)
     elif text.endswith(".pt") or "/" in text or "\\" in text:
         raise NotFoundError(f"no such checkpoint: {text}")
     else:

@@ -143,8 +143,17 @@ def get(name: str) -> ModelEntry:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; published names: "
+        import difflib
+
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownModelError(f"unknown model {name!r}; {guess}published names: "
                                 f"{', '.join(sorted(REGISTRY))}") from None
+
+
+def by_hf_repo(repo_id: str) -> ModelEntry | None:
+    """The entry whose Hugging Face repository is `repo_id` (e.g. 'facebook/esm2_t6_8M_UR50D')."""
+    return next((e for e in REGISTRY.values() if e.hf_repo and e.hf_repo == repo_id), None)
 
 
 # The default model shipped inside protlm: ESM-2 architecture (esm2_t6_8M shape) trained by
