@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e .
 mkdir -p out
-protlm embed "${1:-examples/few_proteins.fasta}" --model protlm_small \
-    --output out/embeddings.h5 --repr-layers -1 --include mean per_tok contacts
-python3 scripts/summarize_embeddings.py out/embeddings.h5
+fasta="${1:-examples/few_proteins.fasta}"
+output=out/embeddings.h5  # your own file gets its own output: out/<its name>.h5
+if [ $# -ge 1 ]; then
+    name=$(basename "$fasta"); name=${name%.gz}; name=${name%.*}
+    output="out/$name.h5"
+fi
+protlm embed "$fasta" --model protlm_small \
+    --output "$output" --repr-layers -1 --include mean per_tok contacts
+python3 scripts/summarize_embeddings.py "$output"

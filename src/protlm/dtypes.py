@@ -20,6 +20,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INFERENCE_ONLY = ("int8", "auto")  # not a dtype of stored weights: see the module docstring
 ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 CHOICES = [*DTYPES, *INFERENCE_ONLY, *ALIASES]  # for CLI option lists
+STORAGE_CHOICES = [*DTYPES, *ALIASES]  # dtypes weights can be stored in (protlm convert)
 
 
 def canonical(name: str | torch.dtype) -> str:

@@ -202,6 +202,9 @@ class PtOutput:
     def done_hashes(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Check the folder's settings; {id: sequence hash (None if not stored)} of those of
         `ids` that have a file."""
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputMismatchError(f"{self.path}: exists and is not a folder (--format pt writes a "
+                                      "folder of .pt files); choose another output path")
         settings = self.path / SETTINGS_FILE
         if settings.exists():
             _check_meta(self.path, json.loads(settings.read_text()), self.meta)

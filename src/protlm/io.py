@@ -51,8 +51,12 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     tmp = _new_temp(path, suffix)
+    mode = os.stat(tmp).st_mode & 0o777  # what the umask allows
     try:
         yield tmp
+        # a writer that replaces the file (safetensors' save_file does) leaves it 0600
+        if os.stat(tmp).st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:

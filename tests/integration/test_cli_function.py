@@ -37,7 +37,7 @@ def test_fit_then_predict(tmp_path, debug_dir, small_set):
     assert meta["model"] == str(debug_dir) and meta["task"] == "regression" and meta["pooling"] == "mean"
     assert set(meta["cv"]["mean"]) == {"spearman", "pearson", "rmse"} and len(meta["cv"]["per_fold"]) == 3
     assert list((head / "embedding_cache").glob("*.npz"))
-    out = tmp_path / "pred.csv"
+    out = tmp_path / "new_folder" / "pred.csv"  # a folder that does not exist yet is made
     r = CliRunner().invoke(cli, ["function", "predict", str(small_set), "--head", str(head),
                                  "--output", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output

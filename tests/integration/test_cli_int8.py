@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -38,5 +39,10 @@ def test_convert_refuses_int8(tmp_path):
     torch.manual_seed(0)
     model = save_protlm(build_model(DEBUG_CONFIGS["esm2_debug"]), tmp_path / "m")
     r = CliRunner().invoke(cli, ["convert", str(model), str(tmp_path / "out"), "--dtype", "int8"])
-    assert r.exit_code == 2 and "inference only" in r.output, r.output
+    assert r.exit_code == 2 and "'int8' is not one of 'fp32', 'bf16', 'fp16'" in r.output, r.output
     assert not (tmp_path / "out").exists()
+    from protlm.errors import ProtlmError
+    from protlm.pretrained.writers import convert_checkpoint
+
+    with pytest.raises(ProtlmError, match="inference only"):  # the library call says why
+        convert_checkpoint(str(model), str(tmp_path / "out"), dtype="int8")

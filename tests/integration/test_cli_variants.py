@@ -63,6 +63,24 @@ def test_wrong_wild_type_letter_names_the_mutant(inputs):
     assert not out.exists()
 
 
+def test_a_model_without_an_mlm_head_is_refused(inputs):
+    """The ProtT5 encoder has no LM head: one Error line, no traceback, no output."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+    import _writers as W
+
+    W.hf_t5(seed=1).save_pretrained(inputs / "t5")
+    out = inputs / "scored.csv"
+    r = CliRunner().invoke(cli, ["variants", "score", "--model", str(inputs / "t5"), "--sequence",
+                                 str(inputs / "wt.fasta"), "--mutations", str(inputs / "muts.csv"),
+                                 "--method", "pseudo-ll", "--output", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "no masked-language-model head" in r.output and "Traceback" not in r.output
+    assert not out.exists() and not list(inputs.glob("scored.csv*"))
+
+
 def test_pseudo_ll_cli_leaves_no_store_behind(inputs):
     muts = inputs / "two.csv"
     muts.write_text("\n".join((inputs / "muts.csv").read_text().splitlines()[:3]) + "\n")

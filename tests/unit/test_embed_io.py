@@ -96,6 +96,10 @@ def test_other_settings_or_other_files_are_refused(tmp_path):
     (tmp_path / "dir" / "x.txt").write_text("x")
     with pytest.raises(OutputMismatchError, match="not a protlm embed folder"):
         PtOutput(tmp_path / "dir", META).done_ids(["x"])
+    with pytest.raises(OutputMismatchError, match="exists and is not a folder"):  # e.g. an .h5 output
+        PtOutput(tmp_path / "e.h5", META).done_ids(["x"])
+    with pytest.raises(OutputMismatchError, match="not an HDF5 file"):  # a folder given for h5
+        H5Output(tmp_path / "dir", META).done_ids()
 
 
 def test_pt_layout_is_fair_esm_extract(tmp_path):

@@ -73,3 +73,18 @@ def test_published_file_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_a_writer_that_replaces_the_temp_file_still_gets_the_umask_mode(tmp_path):
+    """safetensors' save_file writes a new file over the temp (mode 0600): the published file
+    gets the umask's mode all the same."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, tmp)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644

@@ -359,6 +359,12 @@ def test_cli_convert_errors_are_clean(tmp_path):
     assert out.exit_code != 0 and "no such checkpoint" in out.output
     out = CliRunner().invoke(cli, ["convert", "x", str(tmp_path / "dst"), "--to", "onnx"])
     assert out.exit_code == 2
+    _, path = esm2_file(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "vocab.txt").write_text("an earlier checkpoint's file")
+    out = CliRunner().invoke(cli, ["convert", str(path), str(tmp_path / "full"), "--to", "hf"])
+    assert out.exit_code == 1 and "is not an empty folder" in out.output
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["vocab.txt"]  # left alone
 
 
 def test_hf_folder_with_published_esm2_extras(tmp_path, debug_model):

@@ -57,6 +57,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str = "protlm",
     if to not in FORMATS:
         raise InputError(f"unknown target format {to!r}; choose from {FORMATS}")
     torch_dtype = parse_dtype(dtype) if dtype else None
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        # writing over another checkpoint would leave its other files (vocab, regression) behind
+        raise InputError(f"{dst}: exists and is not an empty folder; choose a new output folder")
     model, _ = load_model_and_alphabet(src)
     if to == "hf":
         return save_hf(model, dst, torch_dtype)

@@ -161,6 +161,7 @@ def predict_function(fasta, head_dir, output, model: str | None = None, cache_di
     """
     head, meta = load_head(head_dir)
     data = load_fasta_labels(fasta, None, unknown=unknown)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)  # before the embeddings, not after
     x = cached_embeddings(data.sequences, model or meta["model"], meta["layer"], meta["pooling"],
                           cache_dir or Path(head_dir) / "embedding_cache", toks_per_batch,
                           device, loader, progress, dtype=dtype)

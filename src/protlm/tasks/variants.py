@@ -223,6 +223,7 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
 
     if method not in SCORERS:
         raise InputError(f"--method must be one of {METHODS}, got {method!r}")
+    require_mlm(model, alphabet)
     wt_seq = alphabet.clean(wt_seq, "wild type")
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     max_len = max_len or model.config.max_sequence_length
@@ -232,6 +233,15 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
                     window=max_len)
     with tqdm(desc=method, unit="fwd", disable=not progress) as bar:
         return SCORERS[method](wt_seq, parsed, alphabet, engine, max_len, bar, **extra)
+
+
+def require_mlm(model, alphabet: Alphabet) -> None:
+    """Variant scores are masked-language-model log-probabilities: refuse an encoder without them."""
+    from protlm.evaluate.perplexity import has_mlm_head
+
+    if not has_mlm_head(model) or alphabet.mask_idx is None:
+        raise InputError("this model has no masked-language-model head (the ProtT5 encoder gives "
+                         "representations only); variant scoring needs an ESM-1b/ESM-1v/ESM-2 model")
 
 
 def read_wild_type(path, unknown: str | None = None) -> str:
@@ -284,6 +294,7 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
     out = Path(output)
     with output_lock(out):  # also guards the pseudo-ll store beside it
         model, alphabet = (loader or protlm.load_model_and_alphabet)(model_name)
+        require_mlm(model, alphabet)  # before quantizing or opening a store
         model = precision.prepare_model(model, device or "cpu", dtype, source=model_name, verbose=False)
         store = (PLLStore(out.with_name(out.name + ".pll.jsonl"), precision.keyed(model_identity(model_name), dtype))
                  if method == "pseudo-ll" else None)
