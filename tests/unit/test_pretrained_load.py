@@ -431,3 +431,26 @@ def test_fair_esm_style_accessors_and_hf_repo_ids(tmp_path, offline_hub, temp_en
         protlm.pretrained.load_model_and_alphabet_hub("esm2_t2_tset")
     with pytest.raises(NotFoundError, match="no such checkpoint"):
         protlm.pretrained.load_model_and_alphabet_local(tmp_path / "missing.pt")
+
+
+def test_unfitted_contact_head_is_the_same_on_every_load_and_stays_unfitted(tmp_path):
+    """A fair-esm .pt without its -contact-regression.pt: the (uncalibrated) head is the same on
+    every load, and stays marked unfitted through HF and protlm folders."""
+    ref, cfg = W.reference_esm2()
+    path = tmp_path / "noreg.pt"
+    W.write_fair_esm(ref, cfg, path)
+    download.regression_path(path).unlink(missing_ok=True)
+    a, b = load_model_and_alphabet(path)[0], load_model_and_alphabet(path)[0]
+    assert not a.contact_head.fitted
+    assert torch.equal(a.contact_head.regression.weight, b.contact_head.regression.weight)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["convert", str(path), str(tmp_path / "hf"), "--to", "hf"]).exit_code == 0
+    assert runner.invoke(cli, ["convert", str(tmp_path / "hf"), str(tmp_path / "p")]).exit_code == 0
+    for folder in ("hf", "p"):
+        m = load_model_and_alphabet(tmp_path / folder)[0]
+        assert not m.contact_head.fitted, folder
+        assert torch.equal(m.contact_head.regression.weight, a.contact_head.regression.weight)
+    fitted = tmp_path / "fitted.pt"
+    W.write_fair_esm(ref, cfg, fitted)  # with its regression file: fitted all the way
+    assert runner.invoke(cli, ["convert", str(fitted), str(tmp_path / "hf2"), "--to", "hf"]).exit_code == 0
+    assert load_model_and_alphabet(tmp_path / "hf2")[0].contact_head.fitted

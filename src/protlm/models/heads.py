@@ -37,6 +37,18 @@ class ContactPredictionHead(nn.Module):
         # weights, so contacts are the untrained regression's output and mean little.
         self.fitted = False
 
+    def reset_unfitted(self, seed: int = 0) -> None:
+        """Re-draw the regression as nn.Linear's default init from a fixed seed: a checkpoint
+        without a fitted head then gives the same (uncalibrated) maps on every load, so
+        two runs, or a resumed one, agree."""
+        g = torch.Generator().manual_seed(seed)
+        bound = 1 / self.regression.in_features ** 0.5
+        with torch.no_grad():
+            w, b = self.regression.weight, self.regression.bias
+            w.copy_(torch.empty(w.shape).uniform_(-bound, bound, generator=g))
+            b.copy_(torch.empty(b.shape).uniform_(-bound, bound, generator=g))
+        self.fitted = False
+
     def _warn_if_unfitted(self) -> None:
         if not self.fitted:
             # one line per call site and process (Python's default warning filter)

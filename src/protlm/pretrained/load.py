@@ -178,6 +178,8 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
     elif regression:
         raise NotFoundError(f"contact regression file not found: {reg_path}")
     left = load_state_strict(model, state, str(path), allowed_missing=CONTACT_KEYS)
+    if left:
+        model.contact_head.reset_unfitted()
     model.contact_head.fitted = not left
     return model
 
@@ -249,8 +251,16 @@ def load_hf_esm(path: Path, hf_cfg: dict) -> ESM:
     # only when absent is the model's own computation kept.
     inv_freq = [f"layers.{i}.self_attn.rot_emb.inv_freq" for i in range(config.num_layers)]
     left = load_state_strict(model, state, str(path), allowed_missing=[*CONTACT_KEYS, *inv_freq])
-    model.contact_head.fitted = not set(CONTACT_KEYS) & set(left)
+    if set(CONTACT_KEYS) & set(left):
+        model.contact_head.reset_unfitted()
+    # a folder protlm wrote from a model without a fitted head says so (transformers keeps
+    # unknown config keys); published folders hold the fitted head
+    model.contact_head.fitted = (not set(CONTACT_KEYS) & set(left)
+                                 and hf_cfg.get(UNFITTED_HF_KEY, True) is not False)
     return model
+
+
+UNFITTED_HF_KEY = "protlm_contact_head_fitted"  # in config.json of HF folders protlm writes
 
 
 def packaged_root():

@@ -16,7 +16,7 @@ from protlm.dtypes import cast_state, parse_dtype
 from protlm.errors import InputError
 from protlm.io import atomic_path, atomic_write
 from protlm.pretrained import convert, convert_t5
-from protlm.pretrained.load import load_model_and_alphabet
+from protlm.pretrained.load import UNFITTED_HF_KEY, load_model_and_alphabet
 from protlm.pretrained.protlm_format import save_protlm
 
 HF_VOCAB_FILE = "vocab.txt"  # EsmTokenizer's vocabulary: one token per line, in index order
@@ -46,6 +46,8 @@ def save_hf(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         save_file(hf_state, tmp, metadata={"format": "pt"})
     if dtype is not None:
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if getattr(getattr(model, "contact_head", None), "fitted", True) is False:
+        config[UNFITTED_HF_KEY] = False  # else a later load could not tell its random head from a fitted one
     atomic_write(path / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write(path / HF_VOCAB_FILE, "\n".join(model.alphabet.all_toks) + "\n")
     return path
