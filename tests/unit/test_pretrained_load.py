@@ -240,6 +240,14 @@ def test_packaged_weights(tmp_path, monkeypatch, debug_model, temp_entry):
     temp_entry(ModelEntry("tiny_packaged", DEBUG_CONFIGS["esm2_debug"], packaged="tiny_packaged"))
     loaded, _ = load_model_and_alphabet("tiny_packaged")
     assert same_weights(loaded, model)
+    # the key of resumable outputs: the weights' contents, not where they are installed or when
+    key = load.model_identity("tiny_packaged")
+    import shutil
+    shutil.copytree(tmp_path / "weights", tmp_path / "reinstalled")
+    monkeypatch.setattr(load, "packaged_root", lambda: tmp_path / "reinstalled")
+    assert load.model_identity("tiny_packaged") == key and str(tmp_path) not in key
+    save_protlm(W.init_like_training(debug_model("esm2_debug"), seed=3), tmp_path / "reinstalled" / "tiny_packaged")
+    assert load.model_identity("tiny_packaged") != key  # a new release of the weights
     temp_entry(ModelEntry("broken_packaged", DEBUG_CONFIGS["esm2_debug"], packaged="absent"))
     with pytest.raises(CheckpointError, match="packaged weights for 'broken_packaged' are missing"):
         load_model_and_alphabet("broken_packaged")
