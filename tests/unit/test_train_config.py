@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from protlm.train.config import TrainConfig, checkpointing_plan, compile_enabled, load_config, parse_override
+from protlm.train.config import (
+    ConfigError, TrainConfig, checkpointing_plan, compile_enabled, load_config, parse_override,
+)
 from protlm.train.schedule import lr_multiplier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +34,34 @@ def test_overrides_are_typed_and_nested(tmp_path):
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=-1", "optim.lr must be > 0, got -1.0"), ("optim.lr=0", "optim.lr"), ("optim.lr=nan", "optim.lr"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+    ("optim.betas=[0.9]", "optim.betas"), ("optim.betas=[-0.1, 0.9]", "optim.betas"),
+    ("optim.eps=0", "optim.eps must be > 0, got 0.0"), ("optim.weight_decay=-0.01", "optim.weight_decay"),
+    ("optim.clip_norm=-1", "optim.clip_norm"), ("optim.accum_steps=0", "optim.accum_steps must be >= 1, got 0"),
+    ("schedule.total_steps=0", "schedule.total_steps"), ("schedule.warmup_steps=-1", "schedule.warmup_steps"),
+    ("schedule.warmup_steps=1001", "schedule.warmup_steps must be in [0, schedule.total_steps = 1000], got 1001"),
+    ("data.mask_prob=0", "data.mask_prob must be in (0, 1), got 0.0"), ("data.mask_prob=1", "data.mask_prob"),
+    ("data.toks_per_batch=0", "data.toks_per_batch"), ("data.valid_fraction=0", "data.valid_fraction"),
+    ("data.min_seqs=0", "data.min_seqs"), ("model.attention_heads=0", "model.attention_heads"),
+    ("model.dropout=1.5", "model.dropout"), ("output.log_every=0", "output.log_every"),
+    ("output.eval_every=0", "output.eval_every"), ("output.checkpoint_every=0", "output.checkpoint_every"),
+    ("output.keep_last=-1", "output.keep_last"), ("stop_at=-1", "stop_at"),
+    ("output.log_every=true", "output.log_every must be a number"), ("output.dir=3", "output.dir must be a string"),
+])
+def test_values_training_cannot_use_are_config_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value) and info.value.exit_code == 2
+
+
+def test_esm1b_positions_must_hold_the_longest_crop():
+    with pytest.raises(ConfigError, match="model.max_positions"):
+        load_config(None, ["model.family=esm1b", "model.max_positions=100", "data.max_length=1022"])
+    assert load_config(None, ["model.family=esm1b", "model.max_positions=100", "data.max_length=98"])
 
 
 def test_loads_without_tomllib_as_on_python_3_10(tmp_path):

@@ -9,7 +9,8 @@ import click
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set optim.lr=1e-3 (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output.dir.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the latest checkpoint in output.dir (needed once it holds one).")
 def command(config, overrides, resume):
     """Train a masked language model as CONFIG (TOML) describes; run under torchrun for DDP/FSDP."""
     from protlm.train.config import load_config

@@ -24,7 +24,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from protlm.io import atomic_path, atomic_write
 from protlm.models import build_model
-from protlm.pretrained.protlm_format import load_protlm_state, save_protlm
+from protlm.pretrained.protlm_format import load_protlm_state, read_protlm_config, save_protlm
+from protlm.pretrained.registry import family_of
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -35,6 +36,22 @@ def latest(ckpt_root: Path) -> Path | None:
         return None
     path = ckpt_root / pointer.read_text().strip()
     return path if (path / "trainer.pt").is_file() else None
+
+
+def has_checkpoints(ckpt_root: Path) -> bool:
+    """Whether a run has written a checkpoint (complete or not) under `ckpt_root`."""
+    return (ckpt_root / "latest").exists() or any(ckpt_root.glob("step_*"))
+
+
+def model_config(path: Path):
+    """The model config a checkpoint folder was written with, from its config.json alone."""
+    from protlm.pretrained.load import CheckpointError  # load imports protlm_format
+
+    meta = read_protlm_config(path)
+    try:
+        return family_of(meta.get("family", "esm")).config_cls.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config.json is not a model description ({type(e).__name__}: {e})") from None
 
 
 def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

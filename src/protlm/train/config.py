@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,10 @@ def _coerce(value, default, key: str):
         if not isinstance(value, bool):
             raise ConfigError(f"config {key} must be true/false, got {value!r}")
         return value
-    if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+    if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"config {key} must be a number, got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"config {key} must be a string, got {value!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, int) and isinstance(value, float):
@@ -195,7 +198,53 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         checkpointing_plan(cfg.parallel.activation_checkpointing)
     except ValueError as e:
         raise ConfigError(f"parallel.activation_checkpointing: {e}") from None
+    validate(cfg)
     return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """ConfigError naming the key and value of the first setting that training cannot use.
+
+    Checked up front, so that a bad value fails before the data is indexed or a model is built,
+    not as a torch error (or a division by zero) somewhere inside the loop.
+    """
+    m, d, o, s, out = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.output
+    rules = [  # (key, value, accepted, what is accepted); NaN fails every comparison: refused
+        ("model.num_layers", m.num_layers, m.num_layers >= 1, ">= 1"),
+        ("model.embed_dim", m.embed_dim, m.embed_dim >= 1, ">= 1"),
+        ("model.attention_heads", m.attention_heads, m.attention_heads >= 1, ">= 1"),
+        ("model.max_positions", m.max_positions, m.max_positions >= 3, ">= 3 (BOS, a residue, EOS)"),
+        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+        ("model.attention_dropout", m.attention_dropout, 0 <= m.attention_dropout < 1, "in [0, 1)"),
+        ("data.valid_fraction", d.valid_fraction, 0 < d.valid_fraction < 1, "in (0, 1)"),
+        ("data.toks_per_batch", d.toks_per_batch, d.toks_per_batch >= 1, ">= 1"),
+        ("data.max_length", d.max_length, d.max_length >= 1, ">= 1"),
+        ("data.min_seqs", d.min_seqs, d.min_seqs >= 1, ">= 1"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        ("data.mask_prob", d.mask_prob, 0 < d.mask_prob < 1, "in (0, 1)"),
+        ("optim.lr", o.lr, 0 < o.lr < math.inf, "> 0"),
+        ("optim.betas", list(o.betas), len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+         "two numbers in [0, 1)"),
+        ("optim.eps", o.eps, 0 < o.eps < math.inf, "> 0"),
+        ("optim.weight_decay", o.weight_decay, 0 <= o.weight_decay < math.inf, ">= 0"),
+        ("optim.clip_norm", o.clip_norm, 0 <= o.clip_norm < math.inf, ">= 0 (0 disables clipping)"),
+        ("optim.accum_steps", o.accum_steps, o.accum_steps >= 1, ">= 1"),
+        ("schedule.total_steps", s.total_steps, s.total_steps >= 1, ">= 1"),
+        ("schedule.warmup_steps", s.warmup_steps, 0 <= s.warmup_steps <= s.total_steps,
+         f"in [0, schedule.total_steps = {s.total_steps}]"),
+        ("stop_at", cfg.stop_at, cfg.stop_at >= 0, ">= 0 (0 = schedule.total_steps)"),
+        ("output.dir", out.dir, bool(out.dir.strip()), "a folder"),
+        ("output.checkpoint_every", out.checkpoint_every, out.checkpoint_every >= 1, ">= 1"),
+        ("output.eval_every", out.eval_every, out.eval_every >= 1, ">= 1"),
+        ("output.log_every", out.log_every, out.log_every >= 1, ">= 1"),
+        ("output.keep_last", out.keep_last, out.keep_last >= 0, ">= 0 (0 keeps every checkpoint)"),
+    ]
+    for key, value, accepted, what in rules:
+        if not accepted:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+    if m.family == "esm1b" and d.max_length + 2 > m.max_positions:  # learned table: BOS + residues + EOS
+        raise ConfigError(f"data.max_length ({d.max_length}) + 2 exceeds model.max_positions "
+                          f"({m.max_positions}), the learned position table of an esm1b model")
 
 
 def checkpointing_plan(value: bool | int | str) -> tuple[int, bool]:

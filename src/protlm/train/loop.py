@@ -8,6 +8,7 @@ evaluates and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protlm.alphabet import InvalidSequenceError
 from protlm.data.index import FastaIndex
 from protlm.data.masking import IGNORE_INDEX
 from protlm.data.sampler import BatchPlan, heldout_mask
+from protlm.errors import ProtlmError
 from protlm.models import build_model
+from protlm.models.config import ESMConfig
 from protlm.models.layers import init_weights
 from protlm.train import checkpoint as ckpt
 from protlm.train.batches import MLMBatch, fixed_batches, rank_loader
-from protlm.train.config import ConfigError, TrainConfig
+from protlm.train.config import ConfigError, ModelSection, TrainConfig, validate
 from protlm.train.metrics import MetricsLogger
 from protlm.train.parallelize import Dist, all_reduce_sum, init_distributed, parallelize, pick_device, unwrap
 from protlm.train.schedule import lr_multiplier
@@ -95,13 +99,25 @@ def _plans(cfg: TrainConfig, d: Dist) -> tuple[BatchPlan, BatchPlan]:
     fasta = cfg.data.train_fasta
     if not fasta:
         raise ConfigError("data.train_fasta is not set")
-    index = FastaIndex.open(fasta) if d.is_main else None
+    index = _open_fasta(fasta) if d.is_main else None
     if d.world > 1:
         torch.distributed.barrier()  # rank 0 builds the index once; the others then open it
-    plans = make_plans(cfg, index or FastaIndex.open(fasta))
+    plans = make_plans(cfg, index or _open_fasta(fasta))
     if d.world > max(1, cfg.data.min_seqs):
         raise ConfigError(f"data.min_seqs ({cfg.data.min_seqs}) must be >= the number of ranks ({d.world})")
     return plans
+
+
+def _open_fasta(fasta: str) -> FastaIndex:
+    """The training FASTA's index; an invalid residue's error gives advice that `train` can follow
+    (the generic one names `--unknown-to-x`, an option of other commands)."""
+    try:
+        return FastaIndex.open(fasta)
+    except ProtlmError as e:
+        if isinstance(e.__cause__, InvalidSequenceError):
+            e.hint = e.cli_hint = ("fix or remove that record: training reads letters of the ESM "
+                                   "alphabet only; write unknown residues as X")
+        raise
 
 
 def _model(cfg: TrainConfig, d: Dist, device: torch.device) -> nn.Module:
@@ -125,13 +141,25 @@ def init_from_weights(model: nn.Module, folder: str | Path) -> None:
         raise ConfigError(f"model.init_from: {folder} is not a protlm checkpoint or model folder "
                           "(config.json and model.safetensors expected)")
     source = load_protlm(folder)
-    if source.config != model.config:
-        diff = {k: (getattr(source.config, k), getattr(model.config, k)) for k in vars(model.config)
-                if getattr(source.config, k) != getattr(model.config, k)}
-        raise ConfigError(f"model.init_from: {folder} has another architecture "
-                          f"(field: (its value, this config's)): {diff}")
+    diff = architecture_diff(source.config, model.config)
+    if diff:
+        raise ConfigError(f"model.init_from: {folder} has another architecture: {diff}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in source.state_dict().items()})
+
+
+# Fields of ESMConfig that shape no weight: they may change between stages or on --resume.
+_TRAINING_ONLY = ("dropout", "attention_dropout")
+
+
+def architecture_diff(theirs: ESMConfig, ours: ESMConfig) -> str:
+    """'' when a checkpoint's model config (`theirs`) has this config's architecture; else each
+    differing field, as its training-config key where it has one, e.g.
+    "model.num_layers = 2 there, 3 in this config"."""
+    keys = {f.name for f in dataclasses.fields(ModelSection)}
+    return "; ".join(f"{'model.' + k if k in keys else k} = {getattr(theirs, k)!r} there, "
+                     f"{getattr(ours, k)!r} in this config"
+                     for k in vars(ours) if k not in _TRAINING_ONLY and getattr(theirs, k) != getattr(ours, k))
 
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
@@ -148,6 +176,10 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     run.position["packed"] = cfg.data.packed
     found = ckpt.latest(Path(cfg.output.dir) / "checkpoints") if resume else None
     if found is not None:
+        diff = architecture_diff(ckpt.model_config(found), unwrap(model).config)
+        if diff:
+            raise ConfigError(f"--resume: {found} was written by another architecture ({diff}); resume "
+                              "with the checkpoint's values, or start a new run in another output.dir")
         trainer = ckpt.load_checkpoint(found, model, optimizer, scheduler)
         # Checkpoints from before packed batches existed have no "packed": they were padded.
         if trainer["position"].get("packed", False) != cfg.data.packed:
@@ -265,8 +297,33 @@ def _save(run: Run, extra: dict) -> None:
         torch.distributed.barrier()
 
 
+def check_output_dir(cfg: TrainConfig, resume: bool) -> None:
+    """ConfigError when output.dir cannot be a run folder, or when it holds an earlier run and
+    `resume` is off (training would overwrite its checkpoints and append to its metrics.jsonl)."""
+    out = Path(cfg.output.dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"output.dir = {cfg.output.dir!r}: {existing} is a file, not a folder")
+    if resume or not out.is_dir():
+        return
+    start_over = "or choose another output.dir, or delete the folder to start over"
+    if ckpt.has_checkpoints(out / "checkpoints"):
+        raise ConfigError(f"output.dir {out} already holds checkpoints of a run: continue it with "
+                          f"--resume, {start_over}")
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        raise ConfigError(f"output.dir {out} already holds the metrics.jsonl of a run: choose another "
+                          "output.dir, or delete the folder to start over")
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train (or resume) per `cfg`; returns the last logged metrics."""
+    """Train (or resume) per `cfg`; returns the last logged metrics.
+
+    ConfigError when a setting is invalid, and when output.dir holds an earlier run but `resume`
+    is off; `resume` with no checkpoint in output.dir starts from step 0.
+    """
+    validate(cfg)
+    check_output_dir(cfg, resume)
     run = setup(cfg, resume)
     d, out = run.d, cfg.output
     stop = cfg.stop_at or cfg.schedule.total_steps
@@ -286,9 +343,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         tokens += n
         # Deterministic per-step RNG (dropout), so a resumed run draws what the straight run drew.
         torch.manual_seed(hash((cfg.seed, run.step, d.rank)) % 2**62)
+        lr = run.optimizer.param_groups[0]["lr"]  # this step's rate: scheduler.step() sets the next one
         loss = train_step(run.model, micro, run.optimizer, run.scheduler, cfg, d, run.device, run.autocast_dtype)
         run.step += 1
-        metrics = {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+        metrics = {"step": run.step, "loss": loss, "lr": lr,
                    "epoch": position["epoch"], "tokens_per_s": tokens * d.world / max(time.perf_counter() - t0, 1e-9)}
         if run.step % out.eval_every == 0 or run.step == stop:
             metrics.update(evaluate(run.model, cfg.data.train_fasta, run.valid_plan, d, run.device,
