@@ -98,6 +98,20 @@ def test_head_arrays_reproduce_sklearn(kind, task, k, tmp_path):
     assert meta["kind"] == kind and list(loaded.predict(x)) == list(got)
 
 
+def test_undefined_cv_metrics_are_null_in_valid_json(tmp_path):
+    """Constant CV predictions give a NaN Spearman: head.json must stay valid JSON."""
+    import json
+
+    from protlm.tasks.function import save_head
+
+    x, y = _data("regression", k=0)
+    nan = float("nan")
+    save_head(heads.fit_head(x, y, "ridge", "regression"), tmp_path,
+              {"model": "m", "cv": {"mean": {"spearman": nan, "rmse": 0.5}, "per_fold": [{"spearman": nan}]}})
+    meta = json.loads((tmp_path / "head.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert meta["cv"] == {"mean": {"spearman": None, "rmse": 0.5}, "per_fold": [{"spearman": None}]}
+
+
 def test_head_task_mismatch():
     with pytest.raises(ValueError, match="ridge is for regression"):
         heads.fit_head(*_data("classification", k=2), "ridge", "classification")

@@ -54,6 +54,9 @@ def fit(data, model_name, target, label_from_header, task, head, output, group, 
     cv = meta["cv"]
     stats = ", ".join(f"{k} {v:.3f} ± {cv['std'][k]:.3f}" for k, v in cv["mean"].items())
     click.echo(f"{cv['folds']}-fold CV ({meta['n_train']} records): {stats}")
+    if any(v != v for v in cv["mean"].values()):  # NaN: a rank correlation of constant values
+        click.echo("  (nan: some fold's predictions or labels were all equal, so a correlation is "
+                   "undefined there; head.json stores it as null)", err=True)
     click.echo(f"head saved to {output}", err=True)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,8 +97,20 @@ def save_head(head: heads.Head, out_dir: str | Path, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "head.safetensors") as tmp:
         save_file(heads.head_arrays(head), str(tmp))
-    atomic_write(out / "head.json", json.dumps({"format": HEAD_FORMAT, "version": 1, "kind": head.kind,
-                                                "task": head.task, "classes": head.classes, **meta}, indent=2))
+    atomic_write(out / "head.json", json.dumps(_json_safe({"format": HEAD_FORMAT, "version": 1, "kind": head.kind,
+                                                           "task": head.task, "classes": head.classes, **meta}),
+                                               indent=2, allow_nan=False))
+
+
+def _json_safe(x):
+    """NaN/inf (a CV metric of constant predictions) as null: bare NaN is not JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def load_head(head_dir: str | Path) -> tuple[heads.Head, dict]:
