@@ -191,3 +191,62 @@ def test_predict_refuses_or_recomputes_a_changed_record(setup):
     assert np.load(out / "2axd.npy").shape == (40, 40)
     r = _run("predict", src, "--model", model_dir, "--output", out)
     assert r.exit_code == 0 and "2 records already" in r.output
+
+
+def test_predict_record_named_settings_resumes(setup):
+    root, model_dir, structs, fasta = setup
+    src = root / "settings.fasta"
+    src.write_text(">settings\nMKTAYIAKQRQISFVK\n>b\nGSHMSAAAKL\n")
+    out = root / "named_settings"
+    assert _run("predict", src, "--model", model_dir, "--output", out).exit_code == 0
+    assert {"settings.npy", "settings.png", "settings.json", ".settings.json"} <= {p.name for p in out.iterdir()}
+    r = _run("predict", src, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0, r.output
+    assert "2 records already" in r.output
+
+
+def test_predict_resumes_a_folder_of_the_old_layout(setup):
+    root, model_dir, structs, fasta = setup
+    out = root / "old_layout"
+    assert _run("predict", fasta, "--model", model_dir, "--output", out).exit_code == 0
+    (out / ".settings.json").rename(out / "settings.json")  # as older versions named it
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 0 and "2 records already" in r.output, r.output
+    assert (out / ".settings.json").is_file() and not (out / "settings.json").exists()
+    # an old folder whose record 'settings' overwrote the settings: what made it is unknown
+    (out / ".settings.json").unlink()
+    (out / "settings.json").write_text('{"id": "settings", "sequence_sha256": "00", "length": 4}')
+    r = _run("predict", fasta, "--model", model_dir, "--output", out)
+    assert r.exit_code == 1 and "record 'settings' overwrote" in r.output and "Traceback" not in r.output
+
+
+def test_predict_checks_every_record_against_the_structure_first(setup):
+    root, model_dir, structs, fasta = setup
+    out = root / "structure_first"
+    r = _run("predict", fasta, "--model", model_dir, "--output", out, "--structure", f"{structs / '1l2y.cif'}:A")
+    assert r.exit_code == 1 and "'2axd'" in r.output and "1l2y.cif:A" in r.output
+    assert not out.exists() and not (root / "structure_first.lock").exists()  # nothing written
+
+
+@pytest.mark.parametrize("fmt, name, first", [(None, "t.csv", "protein,L,"), ("csv", "t.csv", "protein,L,"),
+                                              (None, "t.md", "| protein |"), (None, "t.markdown", "| protein |")])
+def test_eval_format_follows_the_output_suffix(setup, fmt, name, first):
+    root, model_dir, structs, fasta = setup
+    out = root / "fmt" / name
+    out.parent.mkdir(exist_ok=True)
+    r = _run("eval", "--model", model_dir, "--structures", structs / "1l2y.cif", "--output", out,
+             *(["--format", fmt] if fmt else []))
+    assert r.exit_code == 0, r.output
+    assert out.read_text().startswith(first)
+
+
+@pytest.mark.parametrize("fmt, name, says", [("markdown", "t.csv", "contradicts"), ("csv", "t.md", "contradicts"),
+                                             (None, "t.txt", "must end in .md or .csv"),
+                                             ("csv", "t", "must end in .md or .csv")])
+def test_eval_refuses_an_unclear_format(setup, fmt, name, says):
+    root, model_dir, structs, fasta = setup
+    out = root / "badfmt" / name
+    r = _run("eval", "--model", model_dir, "--structures", structs / "1l2y.cif", "--output", out,
+             *(["--format", fmt] if fmt else []))
+    assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output
+    assert not out.parent.exists()

@@ -10,6 +10,7 @@ from protlm.cli import options
 from protlm.cli.options import unknown_arg, unknown_to_x
 
 HEADS = ["attention", "bilinear"]
+SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv"}  # as `protlm evaluate`
 
 
 @click.group()
@@ -91,17 +92,36 @@ def fit(model_name, head, structures, output, C, proj_dim, epochs):
 @_weights
 @click.option("--structures", required=True, multiple=True,
               help="folder of structures, or FILE[:CHAIN] (repeatable)")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="default: stdout")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default=None,
+              help="default: from --output's suffix (.md, .csv), markdown on stdout")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="table.md or table.csv; default: stdout")
 def evaluate(model_name, head, head_weights, structures, fmt, output):
     """Precision at L, L/2, L/5 for short, medium and long range, per protein and averaged."""
     from protlm.contacts import pipeline
+    from protlm.io import atomic_write
 
+    fmt = table_format(fmt, output)  # before the model loads: a wrong name fails at once
     model, alphabet, bilinear = pipeline.load_for_contacts(model_name, head, head_weights)
     chains = pipeline.chains_from_specs(structures, alphabet)
     table = pipeline.evaluate(model, alphabet, chains, bilinear)
     text = table.to_markdown() if fmt == "markdown" else table.to_csv()
     if output:
-        Path(output).write_text(text)
+        atomic_write(output, text)
     else:
         click.echo(text, nl=False)
+
+
+def table_format(fmt: str | None, output: str | None) -> str:
+    """The format --output's suffix names (as `protlm evaluate`), else --format, else markdown;
+    an unknown suffix, or one that contradicts --format, is refused."""
+    from protlm.errors import InputError
+
+    if output is None:
+        return fmt or "markdown"
+    implied = SUFFIX_FORMATS.get(Path(output).suffix.lower())
+    if implied is None:
+        raise InputError(f"--output must end in .md or .csv, got {output}")
+    if fmt is not None and fmt != implied:
+        raise InputError(f"--format {fmt} contradicts --output {output} (a {implied} file name)")
+    return implied

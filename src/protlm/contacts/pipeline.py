@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.contacts.bilinear import BilinearContactHead, BilinearTrainConfig, load_bilinear, train_bilinear
 from protlm.contacts.fit import fit_regression, pair_dataset
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
-from protlm.contacts.predict import attention_features, predict_contacts, representations
+from protlm.contacts.predict import (attention_features, predict_contacts, quiet_uncalibrated, representations,
+                                     warn_if_uncalibrated)
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
 from protlm.errors import InputError
 from protlm.io import atomic_path, atomic_write
@@ -74,9 +76,11 @@ def evaluate(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure],
     from tqdm import tqdm
 
     rows = {}
-    for c in tqdm(chains, desc="contacts", unit="chain", disable=not progress, dynamic_ncols=True):
-        pred_LL = predict_contacts(model, alphabet, c.sequence, head)
-        rows[chain_label(c)] = {"L": len(c.sequence), **contact_precisions(pred_LL, c.contacts())}
+    warn_if_uncalibrated(model, head)
+    with quiet_uncalibrated():
+        for c in tqdm(chains, desc="contacts", unit="chain", disable=not progress, dynamic_ncols=True):
+            pred_LL = predict_contacts(model, alphabet, c.sequence, head)
+            rows[chain_label(c)] = {"L": len(c.sequence), **contact_precisions(pred_LL, c.contacts())}
     return PrecisionTable(rows)
 
 
@@ -94,7 +98,36 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(tmp, arr)
 
 
-SETTINGS_FILE = "settings.json"
+# Hidden: record_stem never starts a stem with '.', so no record's `<stem>.json` can be it.
+SETTINGS_FILE = ".settings.json"
+LEGACY_SETTINGS_FILE = "settings.json"  # older folders; a record with ID 'settings' overwrote it
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise InputError(f"{path}: not valid JSON; use another --output folder") from None
+
+
+def _check_settings(output: Path, found: dict, settings: dict) -> None:
+    if found != settings:
+        diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
+        raise InputError(f"{output}: holds maps made with other settings {diff} (found, asked); "
+                         "use another --output folder")
+
+
+def _adopt_legacy_settings(output: Path, settings: dict) -> None:
+    """A folder from before SETTINGS_FILE: its settings.json is checked, then renamed (an atomic
+    rename, so a kill leaves one file or the other); one that a record overwrote is refused."""
+    legacy = output / LEGACY_SETTINGS_FILE
+    found = _read_json(legacy)
+    if "sequence_sha256" in found:  # a record's marker: the folder's settings are lost
+        raise InputError(f"{output}: written by an older protlm whose record 'settings' overwrote the "
+                         f"folder's {LEGACY_SETTINGS_FILE}, so what made its maps is unknown; "
+                         "use another --output folder")
+    _check_settings(output, found, settings)
+    os.replace(legacy, output / SETTINGS_FILE)
 
 
 def _claim_output(output: Path, settings: dict) -> None:
@@ -103,16 +136,19 @@ def _claim_output(output: Path, settings: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     path = output / SETTINGS_FILE
     if path.exists():
-        try:
-            found = json.loads(path.read_text())
-        except ValueError:
-            raise InputError(f"{path}: not valid JSON; use another --output folder") from None
-        if found != settings:
-            diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
-            raise InputError(f"{output}: holds maps made with other settings {diff} (found, asked); "
-                             "use another --output folder")
-        return
-    atomic_write(path, json.dumps(settings))
+        _check_settings(output, _read_json(path), settings)
+    elif (output / LEGACY_SETTINGS_FILE).exists():
+        _adopt_legacy_settings(output, settings)
+    else:
+        atomic_write(path, json.dumps(settings))
+
+
+def check_structure(records, truth: ChainStructure) -> None:
+    """Every record must be `truth`'s sequence (its contacts are drawn over each map)."""
+    for rec in records:
+        if rec.sequence != truth.sequence:
+            raise InputError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
+                             f"{truth.source}:{truth.chain} (L={len(truth.sequence)})")
 
 
 def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
@@ -124,11 +160,14 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
     Each file is written atomically and the JSON (ID, sequence hash, length) last, so a record
     with all three is done: a rerun after a kill skips it (computed=False). A done record whose
     sequence changed is refused before any compute, or recomputed with `overwrite_changed`.
-    `settings` (model, head, ...) are recorded in `output/settings.json`, and a folder made with
-    other settings is refused. With `truth`, its true contacts are drawn over every record whose
-    sequence is the chain's. The folder's lock (protlm.lock) is held until the last record: a
-    second writer fails at once.
+    `settings` (model, head, ...) are recorded in `output/.settings.json` (hidden: no record's
+    files can have its name), and a folder made with other settings is refused. With `truth`, its
+    true contacts are drawn over every record, so every record must be the chain's sequence
+    (checked before anything is written). The folder's lock (protlm.lock) is held until the last
+    record: a second writer fails at once.
     """
+    if truth is not None:
+        check_structure(records, truth)
     with output_lock(output):
         yield from _predict_locked(model, alphabet, records, output, head, truth, settings or {},
                                    overwrite_changed)
@@ -151,8 +190,6 @@ def _stored_hashes(output: Path, records) -> dict[str, str | None]:
 
 def _predict_locked(model, alphabet, records, output: Path, head, truth, settings: dict,
                     overwrite_changed: bool):
-    from protlm.contacts.plot import plot_contact_map
-
     _claim_output(output, settings)
     for tmp in output.glob(".*.tmp*"):
         tmp.unlink()  # a file cut off by a kill (protlm.io temps); ours alone while we hold the lock
@@ -160,24 +197,29 @@ def _predict_locked(model, alphabet, records, output: Path, head, truth, setting
     stored = _stored_hashes(output, records)
     changed = changed_records(stored, list(hashes.items()))
     check_changed(output, changed, overwrite_changed)
-    for rec in records:
-        npy, png, marker = _record_files(output, rec.id)
-        if rec.id in stored and rec.id not in changed:
-            yield npy, False
-            continue
-        marker.unlink(missing_ok=True)  # a record being rewritten is not done until the end
-        pred_LL = predict_contacts(model, alphabet, rec.sequence, head).astype(np.float32)
-        true_LL = None
-        if truth is not None:
-            if truth.sequence != rec.sequence:
-                raise InputError(f"record {rec.id!r} (L={len(rec.sequence)}) is not the sequence of "
-                                 f"{truth.source}:{truth.chain} (L={len(truth.sequence)})")
-            true_LL = truth.contacts()
-        _save_npy(npy, pred_LL)
-        plot_contact_map(pred_LL, png, title=rec.id, true_LL=true_LL)
-        atomic_write(marker, json.dumps({"id": rec.id, "sequence_sha256": hashes[rec.id],
-                                         "length": len(rec.sequence)}))
-        yield npy, True
+    done = {rid for rid in stored if rid not in changed}
+    if any(rec.id not in done for rec in records):
+        warn_if_uncalibrated(model, head)  # once per run, not once per map
+    with quiet_uncalibrated():  # held across yields: the caller only reports paths meanwhile
+        for rec in records:
+            if rec.id in done:
+                yield _record_files(output, rec.id)[0], False
+            else:
+                yield _write_record(model, alphabet, rec, output, head, truth, hashes[rec.id]), True
+
+
+def _write_record(model, alphabet, rec, output: Path, head, truth, seq_hash: str) -> Path:
+    """Compute and write one record's files, its marker last; returns the .npy path."""
+    from protlm.contacts.plot import plot_contact_map
+
+    npy, png, marker = _record_files(output, rec.id)
+    marker.unlink(missing_ok=True)  # a record being rewritten is not done until the end
+    pred_LL = predict_contacts(model, alphabet, rec.sequence, head).astype(np.float32)
+    _save_npy(npy, pred_LL)
+    true_LL = truth.contacts() if truth is not None else None  # same sequence: check_structure
+    plot_contact_map(pred_LL, png, title=rec.id, true_LL=true_LL)
+    atomic_write(marker, json.dumps({"id": rec.id, "sequence_sha256": seq_hash, "length": len(rec.sequence)}))
+    return npy
 
 
 def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None,

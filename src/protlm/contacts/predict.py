@@ -8,7 +8,9 @@ L-residue sequence. Proteins longer than the model's limit are cut into windows 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from protlm.alphabet import Alphabet
 from protlm.contacts.bilinear import BilinearContactHead
 from protlm.engine import Engine
 from protlm.models.esm import ESM
+from protlm.models.heads import UNFITTED_MESSAGE, UncalibratedContactsWarning
 from protlm.windows import merge_2d, window_spans
 
 
@@ -86,3 +89,20 @@ def predict_contacts(model: ESM, alphabet: Alphabet, seq: str, head: BilinearCon
     if head is None:
         return attention_contacts(model, alphabet, seq, window)
     return bilinear_contacts(model, alphabet, head, seq, window)
+
+
+def warn_if_uncalibrated(model: ESM, head: BilinearContactHead | None) -> None:
+    """Say that the attention head was never fitted: once per run, before its first map."""
+    if head is None and not getattr(model.contact_head, "fitted", True):
+        warnings.warn(UNFITTED_MESSAGE, UncalibratedContactsWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def quiet_uncalibrated() -> Iterator[None]:
+    """Around a loop of maps after one warn_if_uncalibrated: the contact head's own warning is
+    ignored, as the CLI's "once" filter forgets what it showed whenever a library changes the
+    warning filters (matplotlib on first use), so it came back. One filter change per loop, not
+    per map: each change makes other warnings show again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncalibratedContactsWarning)
+        yield
