@@ -34,9 +34,16 @@ class ReportedError(click.ClickException):
 _default_showwarning = warnings.showwarning
 
 
+_shown: set[tuple[type, str]] = set()  # protlm warnings already shown in this invocation
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, ProtlmWarning):
-        click.echo(f"warning: {message}", err=True)
+        # deduplicated here, not by a "once" filter: Python forgets what such a filter showed
+        # whenever any library changes the warning filters (matplotlib does on first use)
+        if (category, str(message)) not in _shown:
+            _shown.add((category, str(message)))
+            click.echo(f"warning: {message}", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -55,7 +62,8 @@ class LazyGroup(click.Group):
         # (tests call `cli` through CliRunner); every other exception keeps its traceback.
         with warnings.catch_warnings():
             # protlm's own warnings: one plain line each per run, whichever code path raised them
-            warnings.simplefilter("once", ProtlmWarning)
+            _shown.clear()
+            warnings.simplefilter("always", ProtlmWarning)
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
