@@ -69,6 +69,19 @@ def test_contacts_with_and_without_head_weights_agree(model):
     assert torch.equal(model.predict_contacts(t), layerwise)
 
 
+@pytest.mark.filterwarnings("ignore::protlm.models.heads.UncalibratedContactsWarning")
+def test_half_precision_maps_in_the_model_dtype_contacts_float32(model):
+    """As fair-esm: attention maps come back in the model's dtype (half the memory of fp32);
+    contacts are float32 probabilities whichever path computed them."""
+    m = model.to(torch.bfloat16)
+    with torch.no_grad():
+        both = m(tokens(), need_head_weights=True, return_contacts=True)
+        reduced = m(tokens(), return_contacts=True)
+    assert both["attentions"].dtype == torch.bfloat16 and both["logits"].dtype == torch.bfloat16
+    assert both["contacts"].dtype == reduced["contacts"].dtype == torch.float32
+    assert torch.allclose(both["contacts"], reduced["contacts"], atol=2e-2)
+
+
 def test_sdpa_and_explicit_paths_agree(model):
     t = tokens()
     with torch.no_grad():

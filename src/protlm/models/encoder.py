@@ -57,7 +57,7 @@ def run_encoder(model, tokens_BT: torch.Tensor, x_BTD: torch.Tensor, repr_layers
             if key_mask is not None:
                 keep = (~padding_mask).to(attn)
                 attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
-            attn_maps.append(attn)
+            attn_maps.append(attn.to(x.dtype))  # the model's dtype, as fair-esm returns them
 
     x = model.emb_layer_norm_after(x)
     if model.num_layers in repr_layers:
@@ -67,9 +67,9 @@ def run_encoder(model, tokens_BT: torch.Tensor, x_BTD: torch.Tensor, repr_layers
         result["attentions"] = torch.stack(attn_maps, 1)  # (B, layers, heads, T, T)
     if return_contacts and need_head_weights:
         # Every map is held anyway: the reference's own computation, bitwise identical.
-        result["contacts"] = model.contact_head(tokens_BT, result["attentions"])
+        result["contacts"] = model.contact_head(tokens_BT, result["attentions"]).float()
     elif return_contacts:
-        result["contacts"] = model.contact_head.finish(contact_logits)
+        result["contacts"] = model.contact_head.finish(contact_logits).float()
     return x, result
 
 
