@@ -12,11 +12,13 @@ no BOS. Tokens: residues </s>.
 
 from __future__ import annotations
 
-from protlm.errors import ProtlmError
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+
+from protlm.errors import ProtlmError, ProtlmWarning
 
 PREPEND_TOKS = ("<cls>", "<pad>", "<eos>", "<unk>")
 RESIDUE_TOKS = tuple("LAGVSERTIDPKQNFYMHWCXBUZO.-")
@@ -41,6 +43,14 @@ class InvalidSequenceError(ProtlmError, ValueError):
     def __init__(self, record: str, position: int, char: str):
         self.record, self.position, self.char = record, position, char
         super().__init__(f"record {record!r}: invalid residue {char!r} at position {position}")
+
+
+class GapWarning(ProtlmWarning):
+    """A sequence holds '-' or '.', which ESM's vocabulary has as gap tokens."""
+
+
+GAP_MESSAGE = ("sequences hold gap characters ('-' or '.'): ESM models embed them as gap tokens, "
+               "as fair-esm does; remove them from aligned rows (e.g. A3M) to embed the protein itself")
 
 
 def _build_vocab() -> list[str]:
@@ -143,6 +153,8 @@ class Alphabet:
             s = s[:-1]
         valid = self._residue_set
         if all(c in valid for c in s):
+            if "-" in s or "." in s:
+                warnings.warn(GAP_MESSAGE, GapWarning, stacklevel=2)
             return s
         out = []
         for i, c in enumerate(s):

@@ -83,6 +83,13 @@ def test_bad_output_suffix_is_a_usage_error(setup, tmp_path):
     assert r.exit_code != 0 and "must end in .md or .csv" in r.stderr
 
 
+def test_a_misspelt_second_model_stops_the_run_before_the_first_is_evaluated(setup, tmp_path):
+    out = tmp_path / "t.md"
+    r = _evaluate("--models", f"{setup[1]},protlm_smal", "--output", out)
+    assert r.exit_code == 1 and "did you mean 'protlm_small'" in r.stderr
+    assert not out.exists() and not (tmp_path / "t.md.parts").exists()  # nothing evaluated
+
+
 def _loader(calls, fail=()):
     from protlm import load_model_and_alphabet
 

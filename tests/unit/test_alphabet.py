@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import esm
 import pytest
@@ -104,3 +105,14 @@ def test_batch_converter_takes_any_iterable():
     for batch in ((x for x in [("a", "MKT"), ("b", "AA")]), zip(["a", "b"], ["MKT", "AA"])):
         labels, strs, tokens = bc(batch)
         assert labels == ["a", "b"] and strs == ["MKT", "AA"] and torch.equal(tokens, want[2])
+
+
+def test_gaps_are_accepted_as_esm_tokens_with_a_warning():
+    """'-' and '.' are gap tokens of ESM's vocabulary (fair-esm embeds them): kept, but said."""
+    from protlm.alphabet import GapWarning
+
+    with pytest.warns(GapWarning, match="gap characters"):
+        assert Alphabet().clean("MK-T.A") == "MK-T.A"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Alphabet().clean("MKTA")  # no gap: no warning

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from protlm.errors import InputError
 from protlm.tasks import evaluate, heads
 from protlm.tasks.function import FitConfig, cached_embeddings, fit_function, load_head, predict_function
 from protlm.tasks.function_data import LabelError, as_targets, load_labelled
@@ -27,6 +28,7 @@ def test_labels_from_csv_tsv_and_fasta_header(tmp_path):
     ("id,sequence\na,MKV\n", {"target": "y"}, r"missing column\(s\) \['y'\]"),
     ("id,sequence,y\na,MK1V,1\n", {"target": "y"}, "line 2"),
     ("id,sequence,y\na,MKV,1\na,MKV,2\n", {"target": "y"}, "line 3: duplicate ID 'a'"),
+    ("", {"target": "y"}, r"empty file \(expected a header line"),
 ])
 def test_label_errors_name_the_record(tmp_path, text, args, msg):
     (tmp_path / "d.csv").write_text(text)
@@ -66,6 +68,14 @@ def test_stratified_folds_for_classification():
     y = np.array(["a"] * 10 + ["b"] * 5)
     for _, test in evaluate.fold_indices(15, 5, "classification", y=y):
         assert sorted(y[test]) == ["a", "a", "b"]
+
+
+def test_classification_of_continuous_labels_says_so():
+    y = np.array([f"{v:.3f}" for v in np.linspace(0, 1, 30)])
+    with pytest.raises(InputError, match=r"needs >= 5 records per class; class .* has 1 .*--task regression"):
+        evaluate.fold_indices(30, 5, "classification", y=y)
+    with pytest.raises(InputError, match=r"class 'b' has 2$"):
+        evaluate.fold_indices(12, 3, "classification", y=np.array(["a"] * 10 + ["b"] * 2))
 
 
 def _data(task, n=80, d=6, k=3, seed=0):

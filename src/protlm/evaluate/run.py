@@ -133,6 +133,20 @@ def render(rows: Sequence[dict], s: EvalSettings, data: EvalData, fmt: str) -> s
     return to_markdown(rows, [ppl, con])
 
 
+def check_model_names(models: Sequence[str]) -> None:
+    """Every model is a path that exists or a published name (with a suggestion if misspelt),
+    checked before the first is evaluated, not after it."""
+    from protlm.errors import NotFoundError
+    from protlm.pretrained import registry
+
+    for name in models:
+        if Path(name).exists() or name in registry.REGISTRY or registry.by_hf_repo(name):
+            continue
+        if "/" in name or "\\" in name or name.endswith(".pt"):
+            raise NotFoundError(f"--models: no such checkpoint: {name}")
+        registry.get(name)  # raises, listing the published names
+
+
 def run_evaluation(models: Sequence[str], s: EvalSettings, output: str | Path, fmt: str = "md",
                    progress: bool = False, echo: Callable[[str], None] = print,
                    loader: Callable | None = None) -> str:
@@ -144,6 +158,7 @@ def run_evaluation(models: Sequence[str], s: EvalSettings, output: str | Path, f
     """
     if loader is None:
         from protlm import load_model_and_alphabet as loader
+        check_model_names(models)
     data = load_data(s)
     if data.held:
         echo(f"contacts: scored on {len(data.held)} held-out chains ({_labels(data.held)}); heads fitted "

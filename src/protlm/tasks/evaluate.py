@@ -52,6 +52,12 @@ def fold_indices(n: int, k: int, task: str, y=None, groups=None, seed: int = 0) 
         splitter, groups = GroupKFold(n_splits=k, shuffle=True, random_state=seed), np.asarray(groups)
     elif task == "classification":
         splitter, labels = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed), np.asarray(y).astype(str)
+        values, counts = np.unique(labels, return_counts=True)
+        if counts.min() < k:
+            hint = (" (every label is its own class: are they numbers? use --task regression)"
+                    if len(values) > n // 2 else "")
+            raise InputError(f"classification with {k} folds needs >= {k} records per class; "
+                             f"class {str(values[counts.argmin()])!r} has {counts.min()}{hint}")
     else:
         splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
     try:

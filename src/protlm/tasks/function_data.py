@@ -88,7 +88,9 @@ def _read_table(path, target, id_col, seq_col, group_col, unknown) -> LabelledDa
     with open_text(path) as f:
         reader = csv.DictReader(f, delimiter=delim)
         cols = [c for c in (id_col, seq_col, target, group_col) if c is not None]
-        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if not reader.fieldnames:
+            raise LabelError(f"{path}: empty file (expected a header line with the columns {cols})")
+        missing = [c for c in cols if c not in reader.fieldnames]
         if missing:
             raise LabelError(f"{path}: missing column(s) {missing}; columns are {reader.fieldnames}")
         data = LabelledData([], [], [], [] if group_col else None)
