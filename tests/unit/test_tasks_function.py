@@ -23,8 +23,8 @@ def test_labels_from_csv_tsv_and_fasta_header(tmp_path):
 
 
 @pytest.mark.parametrize("text, args, msg", [
-    ("id,sequence,y\na,MKV,abc\n", {"target": "y"}, r"record 'a': label 'abc' is not a number"),
-    ("id,sequence,y\na,MKV,\n", {"target": "y"}, "record 'a' has no label"),
+    ("id,sequence,y\na,MKV,abc\n", {"target": "y"}, r"line 2: record 'a': label 'abc' is not a number"),
+    ("id,sequence,y\nb,MKV,1\na,MKV,\n", {"target": "y"}, "line 3: record 'a' has no label"),
     ("id,sequence\na,MKV\n", {"target": "y"}, r"missing column\(s\) \['y'\]"),
     ("id,sequence,y\na,MK1V,1\n", {"target": "y"}, "line 2"),
     ("id,sequence,y\na,MKV,1\na,MKV,2\n", {"target": "y"}, "line 3: duplicate ID 'a'"),

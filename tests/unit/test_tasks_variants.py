@@ -125,6 +125,9 @@ def test_bad_mutant_fails_before_any_forward(debug_model):
     model.forward = boom
     with pytest.raises(MutationError, match="'A2C'"):
         score_mutants(model, model.alphabet, WT, ["K2C", "A2C"])
+    far = f"{WT[1]}2A:{WT[-1]}{len(WT)}A"  # positions further apart than a 10-residue window
+    with pytest.raises(MutationError, match=rf"mutant '{far}': mutated positions 2..{len(WT)} span more"):
+        score_mutants(model, model.alphabet, WT, ["K2C", far], max_len=10)
 
 
 def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):

@@ -34,6 +34,12 @@ class LabelledData:
     sequences: list[str]
     labels: list[str]  # raw text; `as_targets` turns them into floats or class names
     groups: list[str] | None = None
+    lines: list[int] | None = None  # each record's line in a table (for messages)
+
+    def where(self, i: int) -> str:
+        """'line N: record ID' (tables) or 'record ID' (FASTA), for error messages."""
+        line = f"line {self.lines[i]}: " if self.lines else ""
+        return f"{line}record {self.ids[i]!r}"
 
 
 def is_fasta(path: str | Path) -> bool:
@@ -93,7 +99,7 @@ def _read_table(path, target, id_col, seq_col, group_col, unknown) -> LabelledDa
         missing = [c for c in cols if c not in reader.fieldnames]
         if missing:
             raise LabelError(f"{path}: missing column(s) {missing}; columns are {reader.fieldnames}")
-        data = LabelledData([], [], [], [] if group_col else None)
+        data = LabelledData([], [], [], [] if group_col else None, lines=[])
         seen: set[str] = set()
         for line, row in enumerate(reader, start=2):
             rid = (row[id_col] or "").strip()
@@ -107,6 +113,7 @@ def _read_table(path, target, id_col, seq_col, group_col, unknown) -> LabelledDa
             if not seq:
                 raise LabelError(f"{path}: line {line}: record {rid!r} has an empty sequence")
             data.ids.append(rid)
+            data.lines.append(line)
             data.sequences.append(seq)
             data.labels.append((row[target] or "").strip() if target else "")
             if group_col:
@@ -127,20 +134,20 @@ def load_labelled(path, target: str | None = None, label_field: int | None = Non
 
 def as_targets(data: LabelledData, task: str, path="input") -> np.ndarray:
     """Regression -> float64 array; classification -> array of class names (str)."""
-    for rid, lab in zip(data.ids, data.labels):
+    for i, lab in enumerate(data.labels):
         if lab == "":
-            raise LabelError(f"{path}: record {rid!r} has no label")
+            raise LabelError(f"{path}: {data.where(i)} has no label")
     if task == "classification":
         return np.array(data.labels, dtype=object)
     out = np.empty(len(data.labels))
-    for i, (rid, lab) in enumerate(zip(data.ids, data.labels)):
+    for i, lab in enumerate(data.labels):
         try:
             out[i] = float(lab)
         except ValueError:
-            raise LabelError(f"{path}: record {rid!r}: label {lab!r} is not a number "
+            raise LabelError(f"{path}: {data.where(i)}: label {lab!r} is not a number "
                              "(regression needs numeric labels)") from None
         if not np.isfinite(out[i]):
-            raise LabelError(f"{path}: record {rid!r}: label {lab!r} is not finite")
+            raise LabelError(f"{path}: {data.where(i)}: label {lab!r} is not finite")
     return out
 
 

@@ -227,6 +227,11 @@ def score_mutants(model, alphabet: Alphabet, wt_seq: str, mutants: Sequence[str]
     wt_seq = alphabet.clean(wt_seq, "wild type")
     parsed = [parse_mutant(m, wt_seq, offset) for m in mutants]
     max_len = max_len or model.config.max_sequence_length
+    for text, ms in zip(mutants, parsed):  # before any forward: name the mutant that cannot fit
+        try:
+            centred_window([m.pos for m in ms], len(wt_seq), max_len)
+        except MutationError as e:
+            raise MutationError(f"mutant {text!r}: {e}") from None
     extra = {"store": pll_store} if method == "pseudo-ll" else {}
     # batch_size sequences per forward: the scorers' sequences of one call share a length
     engine = Engine(model, alphabet, toks_per_batch=batch_size * (min(max_len, len(wt_seq)) + alphabet.num_specials),
