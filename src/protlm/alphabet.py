@@ -213,6 +213,8 @@ class BatchConverter:
     def __call__(self, raw_batch: Iterable[tuple[str | None, str]]):
         a = self.alphabet
         raw_batch = list(raw_batch)  # a generator or zip would be used up by the first pass
+        if not raw_batch:
+            raise ValueError("empty batch: give at least one (label, sequence) pair")  # as fair-esm refuses it
         labels = [label for label, _ in raw_batch]
         strs = [s for _, s in raw_batch]
         # fair-esm's tokenizer drops whitespace; anything else outside the alphabet is an error

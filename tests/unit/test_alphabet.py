@@ -101,6 +101,8 @@ def test_batch_converter_refuses_what_fair_esm_refuses():
 
 def test_batch_converter_takes_any_iterable():
     bc = Alphabet().get_batch_converter()
+    with pytest.raises(ValueError, match="empty batch"):
+        bc([])
     want = bc([("a", "MKT"), ("b", "AA")])
     for batch in ((x for x in [("a", "MKT"), ("b", "AA")]), zip(["a", "b"], ["MKT", "AA"])):
         labels, strs, tokens = bc(batch)
