@@ -114,6 +114,40 @@ class Alphabet:
                    to_x=PROT_T5_TO_X, pad_tok="<pad>", eos_tok="</s>", unk_tok="<unk>",
                    cls_tok=None, mask_tok=None)
 
+    # fair-esm's remaining Alphabet attributes (protlm has no MSA models)
+    use_msa = False
+
+    @property
+    def prepend_toks(self) -> list[str]:
+        """Special tokens before the residues (ESM: <cls> <pad> <eos> <unk>)."""
+        first = min(self.residue_idx.values())
+        return self.all_toks[:first]
+
+    @property
+    def append_toks(self) -> list[str]:
+        """Special tokens after the residues (ESM: <mask>; fair-esm's <null_k> fillers are not)."""
+        last = max(self.tok_to_idx[self.piece_prefix + r] for r in self.residues
+                   if self.piece_prefix + r in self.tok_to_idx)
+        return [t for t in self.all_toks[last + 1:] if t.startswith("<") and not t.startswith("<null_")]
+
+    @property
+    def unique_no_split_tokens(self) -> list[str]:
+        return list(self.all_toks)
+
+    def tokenize(self, text: str) -> list[str]:
+        """fair-esm's tokenize: whitespace dropped, special tokens such as <mask> kept whole."""
+        text = "".join(text.split())
+        out, i = [], 0
+        while i < len(text):
+            j = text.find(">", i) if text[i] == "<" else -1
+            if j > 0 and text[i : j + 1] in self.tok_to_idx:
+                out.append(text[i : j + 1])
+                i = j + 1
+            else:
+                out.append(text[i])
+                i += 1
+        return out
+
     @property
     def residue_offset(self) -> int:
         """Index of the first residue in a tokenised sequence (1 after a BOS, else 0)."""

@@ -118,3 +118,12 @@ def test_gaps_are_accepted_as_esm_tokens_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Alphabet().clean("MKTA")  # no gap: no warning
+
+
+def test_fair_esm_alphabet_attributes():
+    ref, ours = esm.Alphabet.from_architecture("ESM-1b"), Alphabet()
+    assert ours.prepend_toks == list(ref.prepend_toks) and ours.append_toks == list(ref.append_toks)
+    assert ours.use_msa is ref.use_msa is False
+    assert sorted(ours.unique_no_split_tokens) == sorted(ref.unique_no_split_tokens)
+    for text in ("MK<mask>T A", "M<cls>K\nL<eos>", "<mask><mask>"):
+        assert ours.tokenize(text) == ref.tokenize(text)

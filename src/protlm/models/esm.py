@@ -65,6 +65,22 @@ class ESM(nn.Module):
         return self.config.num_layers
 
     @property
+    def alphabet_size(self) -> int:
+        return self.config.alphabet_size
+
+    @property
+    def token_dropout(self) -> bool:
+        return self.config.token_dropout
+
+    @property
+    def prepend_bos(self) -> bool:
+        return self.alphabet.prepend_bos
+
+    @property
+    def append_eos(self) -> bool:
+        return self.alphabet.append_eos
+
+    @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
