@@ -95,8 +95,8 @@ def write_columns(f: h5py.File, cols: dict[str, np.ndarray]) -> None:
 class Rows:
     """The records of one columnar file (or linked shard group): id -> row, and row readers."""
 
-    def __init__(self, g: h5py.Group, source: Path):
-        self.g, self.source = g, source
+    def __init__(self, g: h5py.Group):
+        self.g = g
         self.ids = [str(x) for x in g["id"].asstr()[()]]
         self.row = {rid: i for i, rid in enumerate(self.ids)}  # a repeated ID: its last row
         self._offsets: dict[str, np.ndarray] = {}
@@ -141,8 +141,8 @@ def g_str(ds: h5py.Dataset) -> list[str]:
 class _LegacyRows:
     """A file of protlm before the columnar format: one group per record, attributes on it."""
 
-    def __init__(self, f: h5py.Group, source: Path):
-        self.g, self.source = f, source
+    def __init__(self, f: h5py.Group):
+        self.g = f
         self.ids = [k for k in f.keys()]
         self.row = {rid: rid for rid in self.ids}
 
@@ -182,12 +182,12 @@ class EmbeddingsFile:
         self.meta["protlm_version"] = self.f.attrs.get("protlm_version")
         self.sources: list[Rows | _LegacyRows] = []
         if "id" in self.f:
-            self.sources.append(Rows(self.f, self.path))
+            self.sources.append(Rows(self.f))
         elif self.meta["layout"] == "links" and "shards" in self.f:
             for name in sorted(self.f["shards"].keys()):  # batch order: a later one overrides
-                self.sources.append(Rows(self.f["shards"][name], self.path.parent / name))
+                self.sources.append(Rows(self.f["shards"][name]))
         elif not is_columnar(self.f):
-            self.sources.append(_LegacyRows(self.f, self.path))
+            self.sources.append(_LegacyRows(self.f))
         self._where: dict[str, tuple[Rows | _LegacyRows, int | str]] = {}
         for src in self.sources:
             self._where.update((rid, (src, i)) for rid, i in src.row.items())
@@ -246,7 +246,7 @@ def merge(path: Path, meta: dict, files: dict[str, Path], layout: str = "consoli
     totals: dict[str, int] = {}
     for file, rids in by_file.items():
         with h5py.File(file, "r") as f:
-            rows = Rows(f, file)
+            rows = Rows(f)
             keep = np.array(sorted(rows.row[rid] for rid in rids), dtype=np.int64)
             for name in RAGGED:
                 if name in f:

@@ -93,7 +93,7 @@ class H5Output:
         for shard in self._shards():  # in order: a rewritten record's newest shard wins
             with h5py.File(shard, "r") as f:
                 _check_meta(shard, H5.read_meta(f), self.meta)
-                rows = H5.Rows(f, shard)
+                rows = H5.Rows(f)
                 self.located.update((rid, (shard, h)) for rid, h in rows.hashes().items())
                 self._where.update((rid, shard.name) for rid in rows.ids)
             if shard.name not in self._names:
