@@ -98,7 +98,7 @@ def test_defaults_are_the_published_optimiser():
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "src/protlm/train/presets").glob("*.toml")) +
-                         [REPO / "configs/protlm_small.toml"], ids=lambda p: p.stem)
+                         sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_presets_load_and_build(preset):
     cfg = load_config(preset)
     cfg.model.build_config()
