@@ -85,6 +85,22 @@ def test_bilinear_training_lowers_loss(debug_model, chains):
     assert loss(trained) < loss(untrained)
 
 
+def test_bilinear_probabilities_are_calibrated_to_the_contact_rate(debug_model, chains):
+    """Positives are up-weighted in training; the bias correction afterwards makes the mean
+    predicted probability match the contact rate (not ~0.5), with the ranking of pairs unchanged."""
+    from protlm.contacts.bilinear import _pair_targets
+
+    model = debug_model("esm2_debug")
+    head = pipeline.fit_bilinear_head(model, model.alphabet, chains, BilinearTrainConfig(proj_dim=8, epochs=40))
+    probs, targets = [], []
+    for c in chains:
+        t, m = _pair_targets(c.contacts())
+        probs.append(torch.as_tensor(predict_contacts(model, model.alphabet, c.sequence, head))[m])
+        targets.append(t[m])
+    rate, mean = float(torch.cat(targets).mean()), float(torch.cat(probs).mean())
+    assert 0 < rate < 0.2 and 0.5 * rate < mean < 2 * rate, (rate, mean)
+
+
 def test_long_protein_uses_windows_of_the_model_limit(chains):
     torch.manual_seed(0)
     config = dataclasses.replace(DEBUG_CONFIGS["esm1b_debug"], max_positions=34)  # 32 residues

@@ -79,7 +79,8 @@ def train_bilinear(reps: list[torch.Tensor], contacts: list[np.ndarray], cfg: Bi
 
     `reps[n]` (L_n, D) frozen representations; `contacts[n]` (L_n, L_n) with -1 = unobserved.
     Contacts are ~2-5% of pairs, so positives are up-weighted by the negative/positive ratio
-    (class balance) so the head does not learn to predict "no contact" everywhere.
+    (class balance) so the head does not learn to predict "no contact" everywhere; the bias is
+    corrected for that weighting at the end, so predictions are calibrated to the contact rate.
     """
     torch.manual_seed(cfg.seed)
     head = BilinearContactHead(BilinearConfig(reps[0].shape[-1], cfg.proj_dim, layer, model_name))
@@ -98,6 +99,11 @@ def train_bilinear(reps: list[torch.Tensor], contacts: list[np.ndarray], cfg: Bi
                 z_LL[m_LL], t_LL[m_LL], pos_weight=pos_weight)
         (loss / len(data)).backward()
         opt.step()
+    # The balanced loss shifts every logit up by about log(pos_weight) (prior correction of a
+    # weighted logistic regression): undo it so that outputs are probabilities at the training
+    # contact rate rather than mostly above 0.5. A constant shift leaves rankings, so P@L, as is.
+    with torch.no_grad():
+        head.bias -= torch.log(pos_weight)
     return head.eval()
 
 
