@@ -87,7 +87,7 @@ def test_bilinear_training_lowers_loss(debug_model, chains):
 
 def test_bilinear_probabilities_are_calibrated_to_the_contact_rate(debug_model, chains):
     """Positives are up-weighted in training; the bias correction afterwards makes the mean
-    predicted probability match the contact rate (not ~0.5), with the ranking of pairs unchanged."""
+    predicted probability match the contact rate (not ~0.5); a constant shift keeps the ranking."""
     from protlm.contacts.bilinear import _pair_targets
 
     model = debug_model("esm2_debug")
