@@ -2,15 +2,17 @@
 # Ship and evaluate protlm_small after its three training stages (configs/protlm_small.toml, then
 # configs/protlm_small_stage2.toml and configs/protlm_small_stage3.toml; issue: a shipped model
 # that has seen every fold). Run from the repository root:
-#     bash scripts/ship_protlm_small.sh [CHECKPOINT]   # default: the third stage's last checkpoint
-# 1. exports the checkpoint as fp16 safetensors into the package (rotary buffers stay fp32);
+#     bash scripts/ship_protlm_small.sh [CHECKPOINT ...]   # default: the third stage's last checkpoint
+# 1. exports the checkpoint (several: the average of their parameters) as fp16 safetensors into
+#    the package (rotary buffers stay fp32);
 # 2. fits the attention contact head with `protlm contacts fit` on the training chains of
 #    ../shared/data/structures (every 3rd chain by PDB id is held out, as benchmarks/contacts_eval.py)
 #    and ships it beside the weights;
 # 3. writes every evaluation figure under runs/eval/ (perplexities, contacts, function, variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ckpt="${1:-runs/protlm_small_stage3/checkpoints/$(cat runs/protlm_small_stage3/checkpoints/latest)}"
+if (($#)); then ckpts=("$@"); else
+    ckpts=("runs/protlm_small_stage3/checkpoints/$(cat runs/protlm_small_stage3/checkpoints/latest)"); fi
 dest=src/protlm/weights/protlm_small
 structs=../shared/data/structures
 mkdir -p runs/eval
@@ -18,7 +20,7 @@ for f in runs/data/cath_train.fasta runs/data/cath_valid.fasta runs/data/msa_eva
     [[ -f $f ]] || { echo "missing $f: run python scripts/prepare_pretraining_data.py --data ../shared/data --out runs/data" >&2; exit 1; }
 done
 
-python -m protlm.train.export "$ckpt" "$dest" --dtype fp16
+python -m protlm.train.export "${ckpts[@]}" "$dest" --dtype fp16
 train_files=$(python - "$structs" <<'PY'
 import sys
 from protlm.alphabet import Alphabet

@@ -83,3 +83,33 @@ def test_init_from_takes_the_weights_of_a_saved_model(tmp_path):
         init_from_weights(other, tmp_path / "stage1")
     with pytest.raises(ConfigError, match="not a protlm checkpoint"):
         init_from_weights(second, tmp_path)
+
+
+def test_export_of_several_checkpoints_is_their_parameter_average(tmp_path, debug_model):
+    """Weight averaging (python -m protlm.train.export A B OUT): every parameter is the mean of
+    the checkpoints'; buffers are kept; checkpoints of another architecture are refused."""
+    from protlm.errors import ConfigError
+    from protlm.train.export import main
+
+    models = []
+    for i in range(3):
+        torch.manual_seed(i)
+        m = debug_model("esm2_debug")
+        init_weights(m)
+        save_protlm(m, tmp_path / f"c{i}", extra={"step": 10 * (i + 1)})
+        models.append(m)
+    main([str(tmp_path / f"c{i}") for i in range(3)] + [str(tmp_path / "avg"), "--dtype", "fp32"])
+    avg, _ = protlm.load_model_and_alphabet(tmp_path / "avg")
+    for name, p in models[0].named_parameters():
+        expect = sum(m.get_parameter(name).detach() for m in models) / 3
+        torch.testing.assert_close(avg.get_parameter(name), expect, rtol=0, atol=1e-6)
+    assert not torch.equal(avg.embed_tokens.weight, models[0].embed_tokens.weight)  # it did average
+    for name, b in models[0].named_buffers():
+        assert torch.equal(avg.get_buffer(name), b), name
+    meta = json.loads((tmp_path / "avg" / "config.json").read_text())
+    assert meta["step"] == 10 and meta["exported_from"] == [str(tmp_path / f"c{i}") for i in range(3)]
+
+    other = debug_model("esm1b_debug")
+    save_protlm(other, tmp_path / "other")
+    with pytest.raises(ConfigError, match="another architecture"):
+        export_checkpoint([tmp_path / "c0", tmp_path / "other"], tmp_path / "bad")
