@@ -1,8 +1,9 @@
 """Export a training checkpoint as a compact protlm folder (e.g. the shipped `protlm_small`).
 
-Several checkpoints of one architecture export as the uniform average of their parameters:
-the ends of successive learning-rate cycles lie in one basin, and their average generalises
-better than any one of them (stochastic weight averaging, Izmailov et al. 2018).
+Several checkpoints of one architecture export as the uniform average of their parameters
+(stochastic weight averaging over the ends of learning-rate cycles, Izmailov et al. 2018): such
+an average can generalise better than its members, but measure it first (for protlm_small it did
+not: docs/training.md).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from protlm.errors import ConfigError
-
 from protlm.dtypes import CHOICES
+from protlm.errors import ConfigError
 from protlm.pretrained.protlm_format import load_protlm, read_protlm_config, save_protlm
 
 
