@@ -5,9 +5,9 @@
 #     bash scripts/ship_protlm_small.sh [CHECKPOINT ...]   # default: the fourth stage's last checkpoint
 # 1. exports the checkpoint (several: the average of their parameters) as fp16 safetensors into
 #    the package (rotary buffers stay fp32);
-# 2. fits the attention contact head with `protlm contacts fit` on the training chains of
-#    ../shared/data/structures (every 3rd chain by PDB id is held out, as benchmarks/contacts_eval.py)
-#    and ships it beside the weights;
+# 2. fits both contact heads (attention and bilinear) with `protlm contacts fit` on the training
+#    chains of ../shared/data/structures (every 3rd chain by PDB id is held out, as
+#    benchmarks/contacts_eval.py) and ships them beside the weights;
 # 3. writes every evaluation figure under runs/eval/ (perplexities, contacts, function, variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,8 @@ PY
 )
 # shellcheck disable=SC2086
 protlm contacts fit --model "$dest" --head attention $train_files --output "$dest" | tee runs/eval/contact_fit.txt
+# shellcheck disable=SC2086
+protlm contacts fit --model protlm_small --head bilinear $train_files --output "$dest" | tee -a runs/eval/contact_fit.txt
 
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small | tee runs/eval/ppl_cath.json
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \

@@ -76,6 +76,30 @@ def test_fit_then_predict_and_eval(setup):
     assert rows[0].startswith("protein,L,") and rows[1].startswith("2axd:S,76,") and rows[2].startswith("mean,,")
 
 
+def test_bilinear_head_beside_the_weights_and_wrong_width(setup, tmp_path):
+    """A head saved straight into the model folder (how protlm_small ships it) is found by
+    --head bilinear; a head of another width is a clean error, not a matmul traceback."""
+    root, model_dir, structs, fasta = setup
+    beside = shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("bilinear_contact"))
+    r = _run("predict", fasta, "--model", beside, "--head", "bilinear", "--output", tmp_path / "none")
+    assert r.exit_code == 1 and "bilinear_contact.json" in r.output
+    r = _run("fit", "--model", beside, "--head", "bilinear", "--structures", structs,
+             "--output", beside, "--epochs", "3", "--proj-dim", "8")
+    assert r.exit_code == 0, r.output
+    r = _run("predict", fasta, "--model", beside, "--head", "bilinear", "--output", tmp_path / "pred")
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "pred" / "1l2y.npy").shape == (20, 20)
+
+    from protlm.contacts.bilinear import BilinearConfig, BilinearContactHead, save_bilinear
+
+    wide = save_bilinear(BilinearContactHead(BilinearConfig(embed_dim=999, proj_dim=4, model="other")),
+                         tmp_path / "wide")
+    r = _run("predict", fasta, "--model", beside, "--head", "bilinear", "--head-weights", wide,
+             "--output", tmp_path / "wide_out")
+    assert r.exit_code == 1 and "999" in r.output and "other" in r.output
+    assert not (tmp_path / "wide_out").exists()
+
+
 def test_predict_with_structure_overlay(setup):
     root, model_dir, structs, fasta = setup
     one = root / "one.fasta"

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,14 @@ def test_shipped_protlm_small_loads_offline(monkeypatch):
     target = torch.tensor(["ACDEFGHIKLMNPQRSTVWY".index(c) for c in seq])
     ppl = float(torch.exp(-logp[torch.arange(L), target].mean()))
     assert ppl < 18.0, ppl
+    # so does its bilinear contact head, found by the model's name (`--head bilinear`)
+    from protlm.contacts.pipeline import load_for_contacts
+    from protlm.contacts.predict import bilinear_contacts
+
+    model, alphabet, head = load_for_contacts("protlm_small", head="bilinear")
+    assert head.config.model == "protlm_small" and head.config.embed_dim == model.config.embed_dim
+    m = bilinear_contacts(model, alphabet, head, seq)
+    assert m.shape == (L, L) and np.allclose(m, m.T) and ((m > 0) & (m < 1)).all()
 
 
 def test_init_from_takes_the_weights_of_a_saved_model(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -10,16 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
+from protlm.contacts.bilinear import CONFIG_FILE as BILINEAR_CONFIG
 from protlm.contacts.bilinear import BilinearContactHead, BilinearTrainConfig, load_bilinear, train_bilinear
 from protlm.contacts.fit import fit_regression, pair_dataset
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import (attention_features, predict_contacts, quiet_uncalibrated, representations,
                                      warn_if_uncalibrated)
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
-from protlm.errors import InputError
+from protlm.errors import InputError, NotFoundError
 from protlm.io import atomic_path, atomic_write
 from protlm.lock import output_lock
 from protlm.models.esm import ESM
+from protlm.pretrained.load import packaged_root
+from protlm.pretrained.registry import REGISTRY
 from protlm.records import changed_records, check_changed, record_stem, sequence_hash
 
 
@@ -85,12 +89,23 @@ def evaluate(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure],
 
 
 def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactHead:
-    """The bilinear head at `head_path`, else the one saved beside (inside) the model folder."""
-    if head_path is None:
-        if not Path(model_path).is_dir():
+    """The bilinear head at `head_path`, else the one inside the model folder: its
+    `bilinear_contact/` subfolder, or the head's files beside the weights (how protlm_small ships
+    it, so a packaged model's head works by name)."""
+    if head_path is not None:
+        return load_bilinear(head_path)
+    folder = Path(model_path)
+    if not folder.is_dir():
+        entry = REGISTRY.get(model_path)
+        if entry is None or not entry.packaged:
             raise InputError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
-        head_path = Path(model_path) / "bilinear_contact"
-    return load_bilinear(head_path)
+        with importlib.resources.as_file(packaged_root() / entry.packaged) as folder:
+            if not (folder / BILINEAR_CONFIG).is_file():
+                raise NotFoundError(f"{model_path} ships no bilinear head; fit one with `protlm contacts fit "
+                                    f"--head bilinear` and pass it with --head-weights")
+            return load_bilinear(folder)
+    sub = folder / "bilinear_contact"
+    return load_bilinear(folder if (folder / BILINEAR_CONFIG).is_file() and not sub.is_dir() else sub)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -238,6 +253,10 @@ def load_for_contacts(model_name: str, head: str = "attention", head_weights: st
     bilinear = None
     if head == "bilinear":
         bilinear = resolve_bilinear(model_name, head_weights)
+        if bilinear.config.embed_dim != model.config.embed_dim:
+            raise InputError(f"the bilinear head reads {bilinear.config.embed_dim}-wide representations "
+                             f"(trained on {bilinear.config.model or 'another model'}); {model_name} has "
+                             f"{model.config.embed_dim}")
     elif head_weights is not None:
         load_contact_regression(model, head_weights)
     elif (Path(model_name) / REGRESSION_FILE).is_file():
