@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Ship and evaluate protlm_small after its four training stages (configs/protlm_small.toml, then
-# configs/protlm_small_stage2.toml, _stage3.toml and _stage4.toml; issue: a shipped model that has
-# seen every fold). Run from the repository root:
-#     bash scripts/ship_protlm_small.sh [CHECKPOINT ...]   # default: the fourth stage's last checkpoint
+# Ship and evaluate protlm_small after its five training stages (configs/protlm_small.toml, then
+# configs/protlm_small_stage2.toml, _stage3.toml, _stage4.toml and _stage5.toml; issue: a shipped
+# model that has seen every fold). Run from the repository root:
+#     bash scripts/ship_protlm_small.sh [CHECKPOINT ...]   # default: the fifth stage's last checkpoint
 # 1. exports the checkpoint (several: the average of their parameters) as fp16 safetensors into
 #    the package (rotary buffers stay fp32);
 # 2. fits both contact heads (attention and bilinear) with `protlm contacts fit` on the training
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if (($#)); then ckpts=("$@"); else
-    ckpts=("runs/protlm_small_stage4/checkpoints/$(cat runs/protlm_small_stage4/checkpoints/latest)"); fi
+    ckpts=("runs/protlm_small_stage5/checkpoints/$(cat runs/protlm_small_stage5/checkpoints/latest)"); fi
 dest=src/protlm/weights/protlm_small
 structs=../shared/data/structures
 mkdir -p runs/eval
