@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from protlm.alphabet import Alphabet, InvalidSequenceError
-from protlm.contacts.bilinear import CONFIG_FILE as BILINEAR_CONFIG
 from protlm.contacts.bilinear import BilinearContactHead, BilinearTrainConfig, load_bilinear, train_bilinear
 from protlm.contacts.fit import fit_regression, pair_dataset
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.predict import (attention_features, predict_contacts, quiet_uncalibrated, representations,
                                      warn_if_uncalibrated)
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
-from protlm.errors import InputError, NotFoundError
+from protlm.errors import InputError
 from protlm.io import atomic_path, atomic_write
 from protlm.lock import output_lock
 from protlm.models.esm import ESM
@@ -89,23 +88,21 @@ def evaluate(model: ESM, alphabet: Alphabet, chains: Sequence[ChainStructure],
 
 
 def resolve_bilinear(model_path: str, head_path: str | None) -> BilinearContactHead:
-    """The bilinear head at `head_path`, else the one inside the model folder: its
-    `bilinear_contact/` subfolder, or the head's files beside the weights (how protlm_small ships
-    it, so a packaged model's head works by name)."""
+    """The bilinear head at `head_path`, else the one inside the model folder (a packaged model's
+    folder for its name): its `bilinear_contact/` subfolder, or the head's files beside the
+    weights (how protlm_small ships it)."""
     if head_path is not None:
         return load_bilinear(head_path)
-    folder = Path(model_path)
-    if not folder.is_dir():
-        entry = REGISTRY.get(model_path)
-        if entry is None or not entry.packaged:
-            raise InputError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
-        with importlib.resources.as_file(packaged_root() / entry.packaged) as folder:
-            if not (folder / BILINEAR_CONFIG).is_file():
-                raise NotFoundError(f"{model_path} ships no bilinear head; fit one with `protlm contacts fit "
-                                    f"--head bilinear` and pass it with --head-weights")
-            return load_bilinear(folder)
-    sub = folder / "bilinear_contact"
-    return load_bilinear(folder if (folder / BILINEAR_CONFIG).is_file() and not sub.is_dir() else sub)
+    entry = REGISTRY.get(model_path)
+    if Path(model_path).is_dir():
+        source = Path(model_path)
+    elif entry is not None and entry.packaged:
+        source = packaged_root() / entry.packaged
+    else:
+        raise InputError(f"--head bilinear needs --head-weights (no model folder to look in: {model_path})")
+    with importlib.resources.as_file(source) as folder:
+        sub = folder / "bilinear_contact"
+        return load_bilinear(sub if sub.is_dir() else folder)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
