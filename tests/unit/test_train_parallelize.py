@@ -137,3 +137,32 @@ def test_single_process_is_unwrapped(debug_model):
     assert parallelize(model, "auto", Dist(), torch.device("cpu")) is model
     # compile "auto" is off on CPU: layers keep their own forward
     assert all("forward" not in vars(layer) for layer in model.layers)
+
+
+def test_process_group_left_only_by_its_creator(tmp_path, monkeypatch):
+    """A group init_distributed created is destroyed by leave_distributed (gloo's threads left to
+    interpreter exit can abort a finished run); one created by the caller is left alone."""
+    import torch.distributed as dist
+
+    from protlm.train.parallelize import init_distributed, leave_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed("cpu") == Dist()  # one process: no group at all
+    real_init = dist.init_process_group
+
+    def group_of_one(backend, name="store"):
+        real_init(backend, store=dist.FileStore(str(tmp_path / name), 1), rank=0, world_size=1)
+
+    group_of_one("gloo")
+    try:
+        d = Dist(0, 2, 0, owned=False)  # the caller's group
+        leave_distributed(d)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: group_of_one(backend, "store2"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the stub joins a group of one
+    d = init_distributed("cpu")
+    assert d.owned and dist.is_initialized()
+    leave_distributed(d)
+    assert not dist.is_initialized()

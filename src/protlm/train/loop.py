@@ -31,7 +31,8 @@ from protlm.train import checkpoint as ckpt
 from protlm.train.batches import MLMBatch, fixed_batches, rank_loader
 from protlm.train.config import ConfigError, ModelSection, TrainConfig, validate
 from protlm.train.metrics import MetricsLogger
-from protlm.train.parallelize import Dist, all_reduce_sum, init_distributed, parallelize, pick_device, unwrap
+from protlm.train.parallelize import (Dist, all_reduce_sum, init_distributed, leave_distributed, parallelize,
+                                     pick_device, unwrap)
 from protlm.train.schedule import lr_multiplier
 
 
@@ -355,4 +356,5 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if run.step % out.checkpoint_every == 0 or run.step == stop:
             _save(run, extra)
     logger.close()
+    leave_distributed(d)  # after _save's barrier: every rank has finished its collectives
     return metrics

@@ -25,6 +25,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process created the process group, so it also destroys it
 
     @property
     def is_main(self) -> bool:
@@ -36,9 +37,19 @@ def init_distributed(device_kind: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+
+def leave_distributed(d: Dist) -> None:
+    """Destroy the process group this process created, on a clean finish. Left to interpreter
+    exit, gloo's worker threads can outlive the interpreter and abort the process (SIGABRT,
+    "terminate called without an active exception") after the run has already succeeded.
+    Not called after an error: destroying while another rank is still in a collective can hang."""
+    if d.owned and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pick_device(kind: str, d: Dist) -> torch.device:
