@@ -26,4 +26,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "out/embeddings.h5")
+    from protlm.cli.main import run_script
+
+    run_script(main, sys.argv[1] if len(sys.argv) > 1 else "out/embeddings.h5")

@@ -31,6 +31,8 @@ import h5py
 import numpy as np
 import torch
 
+from protlm.errors import InputError, NotFoundError
+
 FIELDS = ("description", "length", "sequence_sha256", "truncated_from")  # per-record scalars
 FIXED = ("mean", "bos")  # (N, n_layers, d)
 RAGGED = ("per_tok", "contacts")  # concatenated rows + an offset column
@@ -176,7 +178,12 @@ class EmbeddingsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.f = h5py.File(self.path, "r")
+        if not self.path.is_file():
+            raise NotFoundError(f"{path}: no such file")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError as e:  # h5py's error for a file that is not HDF5 (or is truncated)
+            raise InputError(f"{path}: not an embeddings file (HDF5 could not open it: {e})") from None
         self.meta = read_meta(self.f)
         self.meta["layout"] = self.f.attrs.get("layout")
         self.meta["protlm_version"] = self.f.attrs.get("protlm_version")

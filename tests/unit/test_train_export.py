@@ -122,3 +122,25 @@ def test_export_of_several_checkpoints_is_their_parameter_average(tmp_path, debu
     save_protlm(other, tmp_path / "other")
     with pytest.raises(ConfigError, match="another architecture"):
         export_checkpoint([tmp_path / "c0", tmp_path / "other"], tmp_path / "bad")
+
+
+@pytest.mark.parametrize("argv,message,code", [
+    (["python", "-m", "protlm.train.export", "{tmp}/nosuch", "{tmp}/out"], "nosuch: no such folder", 1),
+    (["python", "-m", "protlm.train.export", "{tmp}", "{tmp}/out"], "has no config.json", 1),
+    (["python", "-m", "protlm.train.export", "{tmp}", "{tmp}/out", "--dtype", "int8"], "invalid choice: 'int8'", 2),
+    (["python", "scripts/summarize_embeddings.py", "{tmp}/nosuch.h5"], "nosuch.h5: no such file", 1),
+    (["python", "scripts/summarize_embeddings.py", "{tmp}/not.h5"], "not an embeddings file", 1),
+    (["python", "scripts/eval_perplexity.py", "configs/protlm_small.toml", "--model", "nosuch_model"],
+     "nosuch_model", 1),
+])
+def test_tools_outside_the_cli_report_user_errors_without_a_traceback(tmp_path, argv, message, code):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "not.h5").write_text("text, not HDF5\n")
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable if a == "python" else a.format(tmp=tmp_path) for a in argv]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+    assert p.returncode == code, p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr, p.stderr

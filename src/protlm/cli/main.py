@@ -92,5 +92,15 @@ def main(argv=None):
         sys.exit(e.exit_code)
 
 
+def run_script(fn, *args):
+    """`fn(*args)` for the entry points outside click (`python -m protlm.train.export`, scripts/):
+    a user error is reported as `main` reports it, one line and its exit code, no traceback."""
+    try:
+        return fn(*args)
+    except ProtlmError as e:
+        ReportedError(e).show()
+        sys.exit(e.exit_code)
+
+
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from protlm.io import atomic_path, atomic_write
 from protlm.alphabet import Alphabet
 from protlm.dtypes import cast_state
+from protlm.errors import NotFoundError
 from protlm.models.esm import ESM
 from protlm.pretrained.registry import family_of
 
@@ -60,6 +61,9 @@ def read_protlm_config(path: str | Path) -> dict[str, Any]:
     from protlm.pretrained.load import CheckpointError  # load imports this module
 
     config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        what = "has no " + CONFIG_FILE + " (not a protlm checkpoint folder)" if Path(path).exists() else "no such folder"
+        raise NotFoundError(f"{path}: {what}")
     try:
         meta = json.loads(config.read_text())
     except ValueError as e:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from protlm.dtypes import CHOICES
+from protlm.dtypes import STORAGE_CHOICES
 from protlm.errors import ConfigError
 from protlm.pretrained.protlm_format import load_protlm, read_protlm_config, save_protlm
 
@@ -60,7 +60,7 @@ def main(argv=None):
                                              "as a compact protlm folder.")
     ap.add_argument("checkpoints", nargs="+", metavar="checkpoint")
     ap.add_argument("out")
-    ap.add_argument("--dtype", choices=CHOICES, default="fp16")
+    ap.add_argument("--dtype", choices=STORAGE_CHOICES, default="fp16")
     args = ap.parse_args(argv)
     ckpts = args.checkpoints
     source = Path(ckpts[0]).name if len(ckpts) == 1 else [str(c) for c in ckpts]  # an average: say of what
@@ -70,4 +70,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from protlm.cli.main import run_script
+
+    run_script(main)
