@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from protlm.cli.main import cli
 from protlm.pretrained.load import load_model_and_alphabet
+from protlm.train.schedule import lr_multiplier
 
 # Runs the real training but SIGKILLs itself in the middle of step 14, after the step-10
 # checkpoint and with steps 11-13 done (and lost): a crash at an arbitrary point.
@@ -127,3 +128,32 @@ def test_bad_config_is_a_usage_error(setup):
     assert "unknown config key(s) in [optim]: ['nope']" in result.output
     result = CliRunner().invoke(cli, ["train", str(cfg), "--set", "parallel.mode=tpu"])
     assert result.exit_code == 2 and "parallel.mode" in result.output
+    result = CliRunner().invoke(cli, ["train", str(cfg), "--set", f"data.train_fasta={tmp / 'nosuch.fasta'}"])
+    assert result.exit_code == 1 and "data.train_fasta = " in result.output and "no such file" in result.output
+
+
+def test_resume_with_a_longer_schedule_continues_at_its_rate(setup):
+    """A finished run resumed with a larger total_steps: its next step runs at the new schedule's
+    rate (the saved optimiser holds the old schedule's last rate, 0)."""
+    tmp, fasta = setup
+    cfg = write_config(tmp / "a.toml", fasta, tmp / "a")
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--set", "schedule.total_steps=10"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", str(cfg), "--resume", "--set", "schedule.total_steps=12"])
+    assert result.exit_code == 0, result.output
+    rows = {r["step"]: r for r in map(json.loads, open(tmp / "a" / "metrics.jsonl"))}
+    expected = 3e-3 * lr_multiplier(10, "linear", 4, 12)  # the rate of step 11 under the new schedule
+    assert rows[10]["lr"] == 0  # the old schedule's last step
+    assert rows[11]["lr"] == pytest.approx(expected) and expected > 0
+    assert rows[12]["valid_ppl"] < rows[10]["valid_ppl"]  # it trained
+
+
+def test_tensorboard_without_its_package_is_a_usage_error(setup, monkeypatch):
+    import importlib.util
+
+    tmp, fasta = setup
+    cfg = write_config(tmp / "a.toml", fasta, tmp / "a")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else find_spec(n, *a))
+    result = CliRunner().invoke(cli, ["train", str(cfg), "--set", "output.tensorboard=true"])
+    assert result.exit_code == 2 and "needs the tensorboard package" in result.output, result.output
+    assert not (tmp / "a").exists()  # refused before the run folder is made

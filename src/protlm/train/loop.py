@@ -23,7 +23,7 @@ from protlm.alphabet import InvalidSequenceError
 from protlm.data.index import FastaIndex
 from protlm.data.masking import IGNORE_INDEX
 from protlm.data.sampler import BatchPlan, heldout_mask
-from protlm.errors import ProtlmError
+from protlm.errors import NotFoundError, ProtlmError
 from protlm.models import build_model
 from protlm.models.config import ESMConfig
 from protlm.models.layers import init_weights
@@ -112,6 +112,9 @@ def _plans(cfg: TrainConfig, d: Dist) -> tuple[BatchPlan, BatchPlan]:
 def _open_fasta(fasta: str) -> FastaIndex:
     """The training FASTA's index; an invalid residue's error gives advice that `train` can follow
     (the generic one names `--unknown-to-x`, an option of other commands)."""
+    if not Path(fasta).is_file():
+        raise NotFoundError(f"data.train_fasta = {fasta!r}: no such file (set it in the config's [data] "
+                            "section or with --set data.train_fasta=PATH)")
     try:
         return FastaIndex.open(fasta)
     except ProtlmError as e:
@@ -182,6 +185,11 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
             raise ConfigError(f"--resume: {found} was written by another architecture ({diff}); resume "
                               "with the checkpoint's values, or start a new run in another output.dir")
         trainer = ckpt.load_checkpoint(found, model, optimizer, scheduler)
+        # The next step's rate from this config's schedule, not the one saved with the optimiser:
+        # the same value when the schedule is unchanged, the new one when it was lengthened
+        # (resuming a finished run with a larger total_steps would otherwise take a step at lr 0).
+        for group, base, multiplier in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * multiplier(scheduler.last_epoch)
         # Checkpoints from before packed batches existed have no "packed": they were padded.
         if trainer["position"].get("packed", False) != cfg.data.packed:
             raise ConfigError(
