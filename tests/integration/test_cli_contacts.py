@@ -98,6 +98,9 @@ def test_bilinear_head_beside_the_weights_and_wrong_width(setup, tmp_path):
              "--output", tmp_path / "wide_out")
     assert r.exit_code == 1 and "999" in r.output and "other" in r.output
     assert not (tmp_path / "wide_out").exists()
+    # a bilinear head given as --head-weights of the (default) attention head: the error says so
+    r = _run("predict", fasta, "--model", beside, "--head-weights", wide, "--output", tmp_path / "mixed")
+    assert r.exit_code == 1 and "holds a bilinear head: add --head bilinear" in r.output, r.output
 
 
 def test_predict_with_structure_overlay(setup):

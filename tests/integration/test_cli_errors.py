@@ -119,6 +119,15 @@ def test_binary_mutations(capsys, files, dbg, name):
     assert not out.exists()
 
 
+def test_mutations_file_without_rows(capsys, files, dbg):
+    (files / "header_only.csv").write_text("mutant,score\n")
+    out = files / "scored.csv"
+    code, _, err = run(capsys, "variants", "score", "--model", dbg, "--sequence", files / "wt.fasta",
+                       "--mutations", files / "header_only.csv", "-o", out)
+    assert_one_line_error(code, err, f"{files / 'header_only.csv'}: no mutants (a header, no rows)")
+    assert not out.exists()
+
+
 def test_binary_function_table(capsys, files, dbg):
     out = files / "head"
     code, _, err = run(capsys, "function", "fit", files / "binary.csv", "--model", dbg, "--task",

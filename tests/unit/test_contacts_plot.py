@@ -18,3 +18,14 @@ def test_every_picture_has_a_probability_colorbar(tmp_path):
         assert lo == 0 and hi == float(pred.max())
     out = plot_contact_map(pred, tmp_path / "m.png", true_LL=true)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_residue_ticks_are_whole_numbers():
+    import matplotlib.pyplot as plt
+
+    fig = contact_figure(np.full((20, 20), 0.5, dtype=np.float32))  # L=20: the default locator steps by 2.5
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    plt.close(fig)

@@ -62,6 +62,8 @@ def test_group_folds_never_split_a_group():
         assert not set(groups[train]) & set(groups[test])
     with pytest.raises(ValueError, match="3 distinct groups"):
         evaluate.fold_indices(9, 4, "regression", groups=[0, 0, 0, 1, 1, 1, 2, 2, 2])
+    with pytest.raises(InputError, match="cannot make 5 folds of 3 records .*fewer with --folds"):
+        evaluate.fold_indices(3, 5, "regression")
 
 
 def test_stratified_folds_for_classification():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from protlm.contacts import bilinear
 from protlm.errors import InputError, NotFoundError
 from protlm.io import atomic_path
 from protlm.models.esm import ESM
@@ -74,7 +75,11 @@ def read_regression(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / REGRESSION_FILE
     if not path.is_file():
-        raise NotFoundError(f"contact regression file not found: {path}")
+        err = NotFoundError(f"contact regression file not found: {path}")
+        if (path.parent / bilinear.CONFIG_FILE).is_file():  # a bilinear head's folder, read as the attention one's
+            err.hint = f"{path.parent} holds a bilinear head: load it with load_bilinear"
+            err.cli_hint = f"{path.parent} holds a bilinear head: add --head bilinear"
+        raise err
     if path.suffix == ".safetensors":
         state = load_safetensors(path)
     else:

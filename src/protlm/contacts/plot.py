@@ -21,6 +21,7 @@ def contact_figure(pred_LL: np.ndarray, title: str = "", true_LL: np.ndarray | N
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     L = pred_LL.shape[0]
     fig, ax = plt.subplots(figsize=(5.6, 5), dpi=120)
@@ -38,6 +39,8 @@ def contact_figure(pred_LL: np.ndarray, title: str = "", true_LL: np.ndarray | N
         ax.scatter(ju[order][~hit], iu[order][~hit], s=4, c="tab:red", label="top-L, wrong")
         ax.legend(loc="lower left", fontsize=6, markerscale=2)
     ax.set_title(title or f"predicted contacts (L={L})", fontsize=9)
+    for axis in (ax.xaxis, ax.yaxis):  # residue indices: whole numbers only, even for short proteins
+        axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("residue j")
     ax.set_ylabel("residue i")
     return fig

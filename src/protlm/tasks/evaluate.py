@@ -63,7 +63,8 @@ def fold_indices(n: int, k: int, task: str, y=None, groups=None, seed: int = 0) 
     try:
         return list(splitter.split(np.zeros(n), labels, groups))
     except ValueError as e:  # scikit-learn's word on data too small for k folds
-        raise InputError(f"cannot make {k} folds of {n} records: {e}") from None
+        raise InputError(f"cannot make {k} folds of {n} records ({e}): ask for fewer with --folds, "
+                         "or give more records") from None
 
 
 def cross_validate(x_ND: np.ndarray, y_N: np.ndarray, task: str,

@@ -288,6 +288,8 @@ def score_file(model_name: str, wt_fasta, mutations_csv, output, method: str = "
         raise MutationError(not_a_table(mutations_csv, e)) from None
     if "mutant" not in fields:
         raise MutationError(f"{mutations_csv}: no 'mutant' column; columns are {fields}")
+    if not rows:
+        raise MutationError(f"{mutations_csv}: no mutants (a header, no rows)")
     column = column or method
     if column in fields:
         raise MutationError(f"{mutations_csv}: already has a column {column!r}; pick --column")
