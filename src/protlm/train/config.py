@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,9 +242,6 @@ def validate(cfg: TrainConfig) -> None:
     for key, value, accepted, what in rules:
         if not accepted:
             raise ConfigError(f"{key} must be {what}, got {value!r}")
-    if out.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("output.tensorboard = true needs the tensorboard package (pip install tensorboard), "
-                          "or set output.tensorboard = false")
     if m.family == "esm1b" and d.max_length + 2 > m.max_positions:  # learned table: BOS + residues + EOS
         raise ConfigError(f"data.max_length ({d.max_length}) + 2 exceeds model.max_positions "
                           f"({m.max_positions}), the learned position table of an esm1b model")

@@ -9,6 +9,7 @@ evaluates and checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import time
 from dataclasses import dataclass, field
@@ -332,6 +333,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     is off; `resume` with no checkpoint in output.dir starts from step 0.
     """
     validate(cfg)
+    if cfg.output.tensorboard and importlib.util.find_spec("tensorboard") is None:  # an optional package
+        raise ConfigError("output.tensorboard = true needs the tensorboard package (pip install tensorboard), "
+                          "or set output.tensorboard = false")
     check_output_dir(cfg, resume)
     run = setup(cfg, resume)
     d, out = run.d, cfg.output
