@@ -36,6 +36,17 @@ def test_label_errors_name_the_record(tmp_path, text, args, msg):
         as_targets(load_labelled(tmp_path / "d.csv", **args), "regression")
 
 
+def test_an_option_of_the_other_input_kind_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text("id,sequence,y\na,MKV,1\n")
+    (tmp_path / "d.fasta").write_text(">a|1\nMKV\n")
+    with pytest.raises(LabelError, match="--label-from-header reads FASTA headers"):
+        load_labelled(tmp_path / "d.csv", label_field=1)
+    with pytest.raises(LabelError, match="--group-from-header reads FASTA headers"):
+        load_labelled(tmp_path / "d.csv", "y", group_field=1)
+    with pytest.raises(LabelError, match="a FASTA file has no columns"):
+        load_labelled(tmp_path / "d.fasta", "y")
+
+
 def test_header_field_out_of_range(tmp_path):
     (tmp_path / "d.fa").write_text(">0|only\nMKV\n")
     with pytest.raises(LabelError, match="record '0|only'.*no field 2"):

@@ -127,7 +127,15 @@ def load_labelled(path, target: str | None = None, label_field: int | None = Non
                   id_col: str = "id", seq_col: str = "sequence", group_col: str | None = None,
                   group_field: int | None = None, unknown: str | None = None) -> LabelledData:
     """CSV/TSV (by `target` column) or FASTA (by `label_field` header field)."""
-    if is_fasta(path):
+    fasta = is_fasta(path)
+    # an option of the other input kind would otherwise surface as "record has no label"
+    if fasta and target is not None and label_field is None:
+        raise LabelError(f"{path}: a FASTA file has no columns: give --label-from-header FIELD, not --target")
+    if not fasta and (label_field is not None or group_field is not None):
+        flag = "--label-from-header" if label_field is not None else "--group-from-header"
+        raise LabelError(f"{path}: {flag} reads FASTA headers; for a CSV/TSV name columns "
+                         "(--target, --group)")
+    if fasta:
         return load_fasta_labels(path, label_field, group_field, unknown)
     return load_table(path, target, id_col, seq_col, group_col, unknown)
 
