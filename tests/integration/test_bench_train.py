@@ -2,21 +2,14 @@
 step, and its GPU preset asks for what the issue names (650M and 150M, packed + compiled against
 fair-esm, MFU against 989 TFLOP/s and the measured matmul peak)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_train")
 
 
 def test_gpu_preset(bench):
