@@ -9,6 +9,10 @@
 #    chains of ../shared/data/structures (every 3rd chain by PDB id is held out, as
 #    benchmarks/contacts_eval.py) and ships them beside the weights;
 # 3. writes every evaluation figure under runs/eval/ (perplexities, contacts, function, variants).
+# It replaces the packaged weights and runs/eval/ in place: to evaluate a candidate that may not
+# ship, copy runs/eval/ aside first; `git checkout src/protlm/weights/protlm_small` restores the
+# shipped weights and heads. Compare the contact heads of two runs chain by chain with
+# benchmarks/compare_contacts.py (a change of the mean alone can be noise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if (($#)); then ckpts=("$@"); else
