@@ -12,6 +12,7 @@ contacts_eval.py prints to 3 decimals.
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import wilcoxon
@@ -60,8 +61,11 @@ def main(argv=None) -> None:
     ap.add_argument("b", help="contacts_eval.py output of the second model (same chains)")
     ap.add_argument("--metric", default="long P@L")
     args = ap.parse_args(argv)
-    a = per_protein(open(args.a).read(), args.metric)
-    b = per_protein(open(args.b).read(), args.metric)
+    missing = [f for f in (args.a, args.b) if not Path(f).is_file()]
+    if missing:
+        sys.exit(f"Error: no such file: {', '.join(missing)}")
+    a = per_protein(Path(args.a).read_text(), args.metric)
+    b = per_protein(Path(args.b).read_text(), args.metric)
     rows = compare(a, b)
     if not rows:
         sys.exit("no method with per-protein rows in both files")

@@ -43,3 +43,9 @@ def test_pairs_chains_and_counts_direction(cmp, tmp_path, capsys):
 def test_unknown_metric_names_the_columns(cmp):
     with pytest.raises(SystemExit, match="no column 'P@1'.*long P@L/5"):
         cmp.per_protein(output({"m": [0.1]}), "P@1")
+
+
+def test_missing_file_is_an_error_not_a_traceback(cmp, tmp_path):
+    (tmp_path / "a.md").write_text(output({"m": [0.1]}))
+    with pytest.raises(SystemExit, match="no such file: .*nope.md"):
+        cmp.main([str(tmp_path / "a.md"), str(tmp_path / "nope.md")])
