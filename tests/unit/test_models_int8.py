@@ -58,17 +58,18 @@ def test_int8_state_dict_round_trip():
 
 
 def test_fused_qkv_equals_three_separate_projections():
-    """One kernel call over the stacked int8 weights gives the three projections bit for bit
-    (per-channel scales: stacking changes nothing), and it follows weights loaded later."""
+    """One kernel call over the stacked int8 weights gives the three projections (per-channel
+    scales: stacking changes nothing), and it follows weights loaded later. Equal to fp32 rounding,
+    not bit for bit: on two threads oneDNN splits the wider output differently (1 ulp seen)."""
     torch.manual_seed(0)
     parts = [Int8Linear.from_linear(nn.Linear(64, 48)) for _ in range(3)]
     fused = FusedQKV(*parts)
     x = torch.randn(2, 5, 64)
     with torch.no_grad():
         for got, part in zip(fused(x), parts):
-            assert torch.equal(got, part(x))
+            torch.testing.assert_close(got, part(x), rtol=1e-6, atol=1e-7)
         parts[1].load_state_dict(Int8Linear.from_linear(nn.Linear(64, 48)).state_dict())
-        assert torch.equal(fused(x)[1], parts[1](x))
+        torch.testing.assert_close(fused(x)[1], parts[1](x), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["esm1b_debug", "esm2_debug"])

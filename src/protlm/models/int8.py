@@ -140,7 +140,8 @@ class Int8Linear(nn.Module):
 class FusedQKV:
     """q, k and v projections of one attention in one int8 kernel call: one quantization pass
     over x instead of three and one wider GEMM. Per-output-channel scales make the fused
-    weights exactly the three quantized ones stacked, so results equal three separate calls.
+    weights exactly the three quantized ones stacked, so results equal three separate calls
+    (to fp32 rounding: on several threads oneDNN may split the wider GEMM differently).
     Set as `MultiheadAttention.fused_qkv` by `quantize_`; built lazily from the three modules'
     buffers, and again after any of them loads new ones."""
 
