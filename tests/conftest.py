@@ -14,6 +14,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# torch.compile's on-disk kernel cache (/tmp/torchinductor_<user> by default) is not keyed by the
+# vector ISA that ATEN_CPU_CAPABILITY selects: code cached by a run with one setting was reused by
+# a run with another and gave wrong numbers (max diff 10 on a small LayerNorm-GELU-attention
+# graph). Every test session, and every process it starts, compiles into a cache of its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="protlm-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def load_benchmark():

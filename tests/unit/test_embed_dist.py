@@ -26,7 +26,8 @@ def no_torchrun(monkeypatch):
 
 
 def same_file_content(a, b):
-    """Same attributes, records, per-record fields and arrays (rows may be in another order)."""
+    """Same attributes, records, per-record fields and arrays (rows may be in another order; the
+    numbers to fp32 rounding: other batches may round differently on some CPUs)."""
     with h5py.File(a) as fa, h5py.File(b) as fb:
         assert dict(fa.attrs) | {"layers": 0} == dict(fb.attrs) | {"layers": 0}
         assert list(fa.attrs["layers"]) == list(fb.attrs["layers"]) and list(fa) == list(fb)
@@ -36,7 +37,8 @@ def same_file_content(a, b):
     for rid in ra:
         assert sorted(ra[rid]) == sorted(rb[rid])
         for k in ra[rid]:
-            np.testing.assert_array_equal(ra[rid][k], rb[rid][k])
+            assert ra[rid][k].dtype == rb[rid][k].dtype and ra[rid][k].shape == rb[rid][k].shape
+            np.testing.assert_allclose(ra[rid][k], rb[rid][k], atol=1e-5, rtol=0)
 
 
 def test_rank_shards_of_a_killed_job_are_resumed_by_one_plain_process(tmp_path, shared_data, debug_model,

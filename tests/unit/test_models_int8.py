@@ -32,15 +32,19 @@ def test_int8_linear_matches_fp32_linear():
 
 def test_int8_linear_is_per_token_and_batch_invariant():
     """A row's result does not depend on the other rows of the call (the kernel's one input
-    scale would make it): a quiet row beside a loud one keeps its accuracy, bit for bit."""
+    scale would make it): a quiet row beside a loud one keeps its accuracy. The integer products
+    are the same whatever the batch; the fp32 rescaling around them is not bit for bit, since
+    oneDNN picks other kernels for other row counts on some CPUs (1.8e-7 seen with AMX), so
+    the rows agree to fp32 rounding. A shared input scale would be off by ~1 here (loud/255)."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 96)
     q = Int8Linear.from_linear(lin)
     quiet, loud = torch.randn(1, 64), 1000 * torch.randn(1, 64)
     with torch.no_grad():
         alone = q(quiet)
-        assert torch.equal(q(torch.cat([quiet, loud]))[:1], alone)
-        assert torch.equal(q(torch.cat([loud, quiet, quiet]))[1:], alone.expand(2, -1))
+        same = dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(q(torch.cat([quiet, loud]))[:1], alone, **same)
+        torch.testing.assert_close(q(torch.cat([loud, quiet, quiet]))[1:], alone.expand(2, -1), **same)
         err = (alone - lin(quiet)).abs().max() / lin(quiet).abs().max()
         const = torch.full((2, 64), 0.5)  # a constant row: no spread to scale, goes through W 1
         torch.testing.assert_close(q(const), lin(const), atol=0.02, rtol=0)
@@ -92,9 +96,10 @@ def test_quantized_model_close_to_fp32(debug_model, name):
     (layer,) = ref
     cos = torch.nn.functional.cosine_similarity(out[layer].mean(1), ref[layer].mean(1), dim=-1)
     assert cos.min() > 0.999, cos
-    with torch.inference_mode():  # each sequence as in a batch of its own: the same numbers
+    with torch.inference_mode():  # each sequence as in a batch of its own: the same numbers to fp32 rounding
         for i in range(2):
-            assert torch.equal(q(tokens[i:i + 1], repr_layers=[-1])["representations"][layer], out[layer][i:i + 1])
+            torch.testing.assert_close(q(tokens[i:i + 1], repr_layers=[-1])["representations"][layer],
+                                       out[layer][i:i + 1], rtol=1e-5, atol=1e-5)
 
 
 def test_quantize_from_stored_state_equals_fresh(debug_model):

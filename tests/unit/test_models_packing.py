@@ -69,7 +69,8 @@ def test_cpu_backend_is_the_sdpa_loop():
 
 
 def test_varlen_attention_is_softmax_within_each_sequence():
-    """Against the definition: each sequence's own softmax(q k^T) v, lengths 1 to 40."""
+    """Against the definition: each sequence's own softmax(q k^T) v, lengths 1 to 40, to fp32
+    rounding (SDPA's fused kernel and the explicit softmax round differently: 1.2e-6 seen on AVX-512)."""
     torch.manual_seed(0)
     lengths = torch.tensor([5, 1, 40, 2, 17])
     cu = cu_seqlens_from_lengths(lengths)
@@ -80,4 +81,4 @@ def test_varlen_attention_is_softmax_within_each_sequence():
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))  # (H, L, hd)
         ref = torch.softmax(qs @ ks.transpose(-1, -2), -1) @ vs
-        assert (out[s:e] - ref.transpose(0, 1)).abs().max() <= 1e-6
+        assert (out[s:e] - ref.transpose(0, 1)).abs().max() <= 1e-5
