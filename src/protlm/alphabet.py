@@ -8,6 +8,10 @@ ProtT5 (`Alphabet.prot_t5()`): the T5 sentencepiece vocabulary of Rostlab/prot_t
 <pad>=0 </s>=1 <unk>=2, residue pieces ▁A ▁L ... ▁Z (3..27), <extra_id_99>..<extra_id_0>
 (28..127). The published recipe: one piece per residue, U Z O B mapped to X, `</s>` appended,
 no BOS. Tokens: residues </s>.
+
+CARP (`Alphabet.carp()`): sequence-models' PROTEIN_ALPHABET, 30 single characters: the 20 amino
+acids, B Z X J O U (0..25), '*' stop, '-' pad, '#' mask, '@' start (26..29). No BOS or EOS are
+added (the published CARP collater adds none). Tokens: residues, right-padded with '-'.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ PROT_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 PROT_T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 PROT_T5_EXTRA_IDS = 100
 PROT_T5_TO_X = "UZOB"  # the published recipe: re.sub(r"[UZOB]", "X", sequence)
+# sequence_models.constants.PROTEIN_ALPHABET: ALL_AAS + STOP + GAP (= PAD) + MASK + START
+CARP_RESIDUES = STANDARD_AAS + "BZX" + "JOU"
+CARP_TOKENS = CARP_RESIDUES + "*-#@"
 SPIECE_SPACE = "\u2581"  # sentencepiece's word-start mark: residue pieces are "▁A", "▁L", ...
 
 
@@ -113,6 +120,14 @@ class Alphabet:
                    residues=STANDARD_AAS + "X" + PROT_T5_TO_X, piece_prefix=SPIECE_SPACE,
                    to_x=PROT_T5_TO_X, pad_tok="<pad>", eos_tok="</s>", unk_tok="<unk>",
                    cls_tok=None, mask_tok=None)
+
+    @classmethod
+    def carp(cls) -> "Alphabet":
+        """CARP's 30 tokens (see the module docstring). '*' stands as the EOS token but is never
+        appended; 'X' is the unknown token; '-' is padding only, so it is not accepted in input."""
+        return cls(all_toks=list(CARP_TOKENS), prepend_bos=False, append_eos=False,
+                   residues=CARP_RESIDUES, pad_tok="-", eos_tok="*", unk_tok="X",
+                   cls_tok=None, mask_tok="#")
 
     # fair-esm's remaining Alphabet attributes (protlm has no MSA models)
     use_msa = False

@@ -219,6 +219,10 @@ def load_checked(fasta, model_name, cfg: EmbedConfig, fmt: str, dtype: str, mode
     if "bos" in cfg.include and not alphabet.prepend_bos:
         raise EmbedError(f"{model_name}: this model's tokens have no BOS (ProtT5: residues then "
                          "</s>); --include mean or per_tok instead of bos")
+    if "contacts" in cfg.include and getattr(model, "contact_head", None) is None:
+        from protlm.models.carp import NO_ATTENTION  # the one model family without attention
+
+        raise EmbedError(f"{model_name}: {NO_ATTENTION}")
     return summary, model, alphabet, output_meta(model, model_name, cfg, dtype)
 
 

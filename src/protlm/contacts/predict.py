@@ -93,7 +93,7 @@ def predict_contacts(model: ESM, alphabet: Alphabet, seq: str, head: BilinearCon
 
 def warn_if_uncalibrated(model: ESM, head: BilinearContactHead | None) -> None:
     """Say that the attention head was never fitted: once per run, before its first map."""
-    if head is None and not getattr(model.contact_head, "fitted", True):
+    if head is None and not getattr(getattr(model, "contact_head", None), "fitted", True):
         warnings.warn(UNFITTED_MESSAGE, UncalibratedContactsWarning, stacklevel=2)
 
 

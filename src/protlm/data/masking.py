@@ -28,10 +28,8 @@ def mask_tokens(
     `generator` (on the tokens' device), so the same seed gives the same masks.
     """
     alphabet = alphabet or Alphabet()
-    special = torch.tensor(
-        [alphabet.cls_idx, alphabet.eos_idx, alphabet.padding_idx, alphabet.mask_idx, alphabet.unk_idx],
-        device=tokens_BT.device,
-    )
+    specials = [alphabet.cls_idx, alphabet.eos_idx, alphabet.padding_idx, alphabet.mask_idx, alphabet.unk_idx]
+    special = torch.tensor([i for i in specials if i is not None], device=tokens_BT.device)  # CARP: no BOS
     maskable_BT = ~torch.isin(tokens_BT, special)
     # One uniform draw per position decides both selection and what happens to it:
     # u < p*0.8 -> <mask>, p*0.8 <= u < p*0.9 -> random residue, p*0.9 <= u < p -> unchanged.

@@ -4,7 +4,9 @@ The structures are split once (protlm.contacts.pipeline.split_chains: every 3rd 
 name held out) and every model is scored on the held-out chains only. The head is, in order:
 a pre-fitted regression given for the model (`heads` folder), the model's own fitted head
 (`contact_head.fitted`, set by the loaders), or an L1 logistic regression fitted here on the
-training chains, as `protlm contacts fit` does.
+training chains, as `protlm contacts fit` does. A model without attention (CARP) is scored with
+the bilinear head on its last representation instead: pre-fitted (`heads/<stem>.bilinear/`) or
+fitted here on the same training chains (`protlm contacts fit --head bilinear`'s defaults).
 """
 
 from __future__ import annotations
@@ -62,9 +64,31 @@ def contact_precision(model, alphabet: Alphabet, name: str, train: Sequence[Chai
                       save_fitted: Path | None = None, C: float = DEFAULT_C,
                       progress: bool = False) -> dict | None:
     """{'head': words, 'chains': n, 'mean': {'long P@L': ..., ...}} on the held-out chains;
-    None when the model has no attention contact head."""
+    a model without an attention contact head is scored with a bilinear head."""
     if not has_attention_contact_head(model):
-        return None
+        return bilinear_precision(model, alphabet, name, train, held, heads, save_fitted, progress)
     head = choose_head(model, alphabet, name, train, heads, save_fitted, C)
     table = pipeline.evaluate(model, alphabet, held, progress=progress)
     return {"head": head, "chains": len(held), "mean": table.mean()}
+
+
+def bilinear_precision(model, alphabet: Alphabet, name: str, train: Sequence[ChainStructure],
+                       held: Sequence[ChainStructure], heads: Path | None = None,
+                       save_fitted: Path | None = None, progress: bool = False) -> dict:
+    """As `contact_precision`, with a bilinear head (for models without attention, e.g. CARP):
+    `heads/<stem>.bilinear/` when given, else fitted on `train` and saved to
+    `save_fitted` with the suffix `.bilinear` (a folder) when given."""
+    from protlm.contacts.bilinear import CONFIG_FILE, load_bilinear, save_bilinear
+
+    stems = dict.fromkeys([record_stem(name), record_stem(Path(name).name or name)])  # as heads_file
+    found = [heads / f"{s}.bilinear" for s in stems] if heads is not None else []
+    given = next((f for f in found if (f / CONFIG_FILE).is_file()), None)
+    if given is not None:
+        head, words = load_bilinear(given), f"bilinear, pre-fitted ({given})"
+    else:
+        head = pipeline.fit_bilinear_head(model, alphabet, train, model_name=name)
+        words = f"bilinear (no attention), fitted here on {len(train)} training chains"
+        if save_fitted is not None:
+            save_bilinear(head, save_fitted.with_suffix(".bilinear"))
+    table = pipeline.evaluate(model, alphabet, held, head=head, progress=progress)
+    return {"head": words, "chains": len(held), "mean": table.mean()}

@@ -128,7 +128,7 @@ def render(rows: Sequence[dict], s: EvalSettings, data: EvalData, fmt: str) -> s
            f"{DASH} for a model without an MLM head." if data.sequences else f"² {DASH}: no --perplexity FASTA given.")
     con = (f"³ Mean over {len(data.held)} held-out chains of {s.structures} (every 3rd by file name: "
            f"{_labels(data.held)}); a model without a fitted attention head gets one fitted on the other "
-           f"{len(data.train)} chains; {DASH} for a model without one." if data.held
+           f"{len(data.train)} chains; a model without attention (CARP) a bilinear head fitted on them." if data.held
            else f"³ {DASH}: no --structures folder given.")
     return to_markdown(rows, [ppl, con])
 

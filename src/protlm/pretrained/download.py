@@ -4,7 +4,8 @@ Resolution order for a published name (first hit wins, no network until step 3):
   1. fair-esm's cache: `<torch hub dir>/checkpoints/<name>.pt` (+ `<name>-contact-regression.pt`),
      the same files `esm.pretrained` downloads, so an existing fair-esm cache is reused;
   2. the Hugging Face cache for `entry.hf_repo` (config.json + weights);
-  3. download the fair-esm files from dl.fbaipublicfiles.com (ESM entries only);
+  3. download the single published file (`entry.url`): fair-esm's from dl.fbaipublicfiles.com,
+     CARP's from Zenodo, into the cache of step 1;
   4. download the HF snapshot (ProtT5: Rostlab's repos, weights as pytorch_model.bin).
 When everything fails, `WeightsNotFoundError` says which files to put where.
 """

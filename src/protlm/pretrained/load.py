@@ -27,7 +27,7 @@ from protlm.alphabet import Alphabet
 from protlm.errors import NotFoundError, ProtlmError
 from protlm.models.config import ESMConfig
 from protlm.models.esm import ESM, build_model
-from protlm.pretrained import convert, download, protlm_format, registry
+from protlm.pretrained import convert, convert_carp, download, protlm_format, registry
 
 # The only non-tensor class published fair-esm files need (see the module docstring).
 SAFE_GLOBALS = [Namespace]
@@ -155,6 +155,8 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
     beside it when present (or `regression` if given)."""
     path = Path(path)
     data = safe_torch_load(path)
+    if convert_carp.is_carp_checkpoint(data):  # Microsoft's CARP layout (sequence-models)
+        return convert_carp.load_published_carp(data, str(path))
     if not isinstance(data, dict) or "model" not in data:
         raise CheckpointError(f"{path}: not a fair-esm checkpoint (expected a dict with 'model' and "
                               "'args' or 'cfg')")
@@ -308,8 +310,8 @@ def load_published(name: str) -> ESM:
             return load_path(p)
     path = download.resolve(entry)
     model = load_path(path)
-    fields = ("family", "num_layers", "embed_dim", "attention_heads")
-    got, want = ({f: getattr(c, f) for f in fields} for c in (model.config, entry.config))
+    fields = ("family", "num_layers", "embed_dim", "attention_heads")  # CARP has no heads: None
+    got, want = ({f: getattr(c, f, None) for f in fields} for c in (model.config, entry.config))
     if got != want:
         raise CheckpointError(f"{path}: does not hold {name!r}: file {got}, registry {want}")
     return model

@@ -49,7 +49,8 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
     with atomic_path(path / WEIGHTS_FILE) as tmp:
         save_file(state, tmp, metadata={"format": FORMAT_NAME})
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "family": model.config.family,
-            "model": model.config.to_dict(), "contact_head_fitted": bool(model.contact_head.fitted),
+            "model": model.config.to_dict(),
+            "contact_head_fitted": bool(getattr(getattr(model, "contact_head", None), "fitted", False)),
             **(extra or {})}
     if model.alphabet != Alphabet():
         meta["vocabulary"] = list(model.alphabet.all_toks)
@@ -104,5 +105,6 @@ def load_protlm(path: str | Path, weights_file: str | Path | None = None) -> ESM
         raise CheckpointError(f"{path}: cannot load protlm checkpoint: {weights.name} is missing, "
                               f"corrupt or truncated ({e})") from None
     load_state_strict(model, state, str(path))
-    model.contact_head.fitted = bool(meta.get("contact_head_fitted", False))
+    if getattr(model, "contact_head", None) is not None:  # CARP has no attention contact head
+        model.contact_head.fitted = bool(meta.get("contact_head_fitted", False))
     return model

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from protlm.alphabet import Alphabet
 from protlm.errors import ProtlmError
+from protlm.models.carp import CARPConfig, build_carp, carp_config
 from protlm.models.config import ESMConfig, T5Config, esm1b_config, esm2_config, prot_t5_xl_config
 from protlm.models.esm import build_model
 from protlm.models.t5 import build_t5
@@ -16,6 +17,9 @@ from protlm.pretrained import convert, convert_t5
 from protlm.pretrained.vocab_files import read_folder_vocab
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+# sequence_models.pretrained.CARP_URL; its loader fetches `<name>.pt?download=1` with torch.hub,
+# which caches it as <torch hub dir>/checkpoints/<name>.pt, where protlm looks first too.
+CARP_URL = "https://zenodo.org/record/6564798/files"
 
 
 def _esm_tokenizer(folder: Path | None) -> Alphabet:
@@ -35,9 +39,9 @@ class Family:
     name: str
     config_cls: type
     build: Callable  # (config, alphabet | None) -> model
-    hf_model_type: str  # config.json `model_type`
-    hf_config: Callable[[dict], Any]  # HF config.json dict -> config
-    hf_to_protlm: Callable  # (HF state, config) -> protlm state
+    hf_model_type: str | None  # config.json `model_type`; None: no Hugging Face layout (CARP)
+    hf_config: Callable[[dict], Any] | None  # HF config.json dict -> config
+    hf_to_protlm: Callable | None  # (HF state, config) -> protlm state
     tokenizer: Callable[[Path | None], Alphabet]  # checkpoint folder (or None) -> Alphabet
 
 
@@ -47,6 +51,8 @@ FAMILIES: dict[str, Family] = {
                   lambda state, cfg: convert.hf_to_protlm(state, cfg.num_layers), _esm_tokenizer),
     "t5": Family("t5", T5Config, build_t5, "t5", convert_t5.hf_config_to_protlm,
                  convert_t5.hf_to_protlm, _t5_tokenizer),
+    # CARP: published as sequence-models .pt files only (protlm.pretrained.convert_carp)
+    "carp": Family("carp", CARPConfig, build_carp, None, None, None, lambda folder: Alphabet.carp()),
 }
 
 
@@ -61,20 +67,21 @@ def family_of(config_or_name) -> Family:
 
 def family_for_hf(model_type: str | None) -> Family:
     for fam in FAMILIES.values():
-        if fam.hf_model_type == model_type:
+        if fam.hf_model_type is not None and fam.hf_model_type == model_type:
             return fam
-    known = ", ".join(repr(f.hf_model_type) for f in FAMILIES.values())
+    known = ", ".join(repr(f.hf_model_type) for f in FAMILIES.values() if f.hf_model_type)
     raise ValueError(f"config.json has model_type {model_type!r}; supported: {known}")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    config: ESMConfig | T5Config
+    config: ESMConfig | T5Config | CARPConfig
     has_regression: bool = True  # a published -contact-regression.pt exists
     hf_repo: str | None = None  # Hugging Face hub repo (EsmForMaskedLM or T5 layout)
     packaged: str | None = None  # weights shipped inside protlm (file stem under protlm/weights)
     fair_esm: bool = True  # published on dl.fbaipublicfiles.com too
+    weights_url: str | None = None  # a single-file download elsewhere (CARP on Zenodo)
 
     @property
     def family(self) -> Family:
@@ -82,6 +89,8 @@ class ModelEntry:
 
     @property
     def url(self) -> str | None:
+        if self.weights_url:
+            return self.weights_url
         return f"{FAIR_ESM_URL}/models/{self.name}.pt" if self.fair_esm else None
 
     @property
@@ -113,15 +122,24 @@ _ENTRIES = [
                hf_repo="Rostlab/prot_t5_xl_uniref50", fair_esm=False),
     ModelEntry("prot_t5_xl_half_uniref50-enc", prot_t5_xl_config(), has_regression=False,
                hf_repo="Rostlab/prot_t5_xl_half_uniref50-enc", fair_esm=False),
+    # ProtT5-XL-BFD: the same encoder trained on BFD (Rostlab/prot_t5_xl_bfd config.json: 24
+    # layers, d_model 1024, 32 heads x d_kv 128, d_ff 16384, ReLU, 128 tokens), full T5 file.
+    ModelEntry("prot_t5_xl_bfd", prot_t5_xl_config(), has_regression=False,
+               hf_repo="Rostlab/prot_t5_xl_bfd", fair_esm=False),
+    # CARP (Yang et al. 2022): ByteNet dilated CNNs, sequence-models' published .pt files.
+    *(ModelEntry(name, carp_config(name), has_regression=False, fair_esm=False,
+                 weights_url=f"{CARP_URL}/{name}.pt?download=1")
+      for name in ("carp_600k", "carp_38M", "carp_76M", "carp_640M")),
 ]
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
 # Tiny flavours of each family, used by every test (never downloaded).
-DEBUG_CONFIGS: dict[str, ESMConfig | T5Config] = {
+DEBUG_CONFIGS: dict[str, ESMConfig | T5Config | CARPConfig] = {
     "esm1b_debug": esm1b_config(num_layers=2, embed_dim=64, ffn_embed_dim=128, attention_heads=4),
     "esm2_debug": esm2_config(2, 64, 4),
     "prot_t5_debug": prot_t5_xl_config(num_layers=2, d_model=64, num_heads=4, d_kv=16, d_ff=128),
+    "carp_debug": carp_config("carp_600k", d_model=32, n_layers=3, r=4),
 }
 
 

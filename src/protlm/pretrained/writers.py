@@ -25,6 +25,9 @@ FORMATS = ("protlm", "hf")
 
 def _hf_layout(model, state: dict) -> tuple[dict, dict]:
     """(HF state dict, config.json dict) of a model, in its family's published layout."""
+    if model.config.family == "carp":
+        raise InputError("CARP has no Hugging Face layout (it is published as sequence-models .pt "
+                         "files); use --to protlm")
     if model.config.family == "t5":
         a = model.alphabet
         return (convert_t5.protlm_to_hf(state, model.config.gated),

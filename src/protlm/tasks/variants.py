@@ -90,7 +90,7 @@ def centred_window(positions: Sequence[int], length: int, max_len: int) -> tuple
 
 
 def _run(jobs: list[list[int]], engine: Engine, bar) -> list[torch.Tensor]:
-    """(len + 2, V) log-probs per job (row 0 BOS), in job order, through the inference engine."""
+    """(len + BOS + EOS, V) log-probs per job (row 0 BOS where there is one), in job order."""
     out: list[torch.Tensor | None] = [None] * len(jobs)
     for idx, lps in engine.log_probs(jobs):
         for i, lp in zip(idx, lps):
@@ -124,7 +124,7 @@ def masked_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: 
     out = []
     for ms in mutants:
         lp, (s, _) = lps[tuple(m.pos for m in ms)]
-        out.append(_ratio(lp, alphabet, ms, 1 - s))  # BOS first, window starts at s
+        out.append(_ratio(lp, alphabet, ms, alphabet.residue_offset - s))  # after BOS if any; window at s
     return out
 
 
@@ -135,7 +135,8 @@ def wt_marginal(wt_seq: str, mutants: list[tuple[Mutation, ...]], alphabet: Alph
     bar.reset(total=len(spans))
     parts = _run([_tokens(alphabet, wt_seq[s:e]) for s, e in spans], engine, bar)
     # (n+2, V) per window -> residue rows only, averaged where windows overlap -> (L, V)
-    lp_LV = merge_1d([p[1 : e - s + 1] for p, (s, e) in zip(parts, spans)], spans, len(wt_seq))
+    o = alphabet.residue_offset  # 1 after a BOS (ESM), 0 without (CARP)
+    lp_LV = merge_1d([p[o : e - s + o] for p, (s, e) in zip(parts, spans)], spans, len(wt_seq))
     return [_ratio(lp_LV, alphabet, ms, 0) for ms in mutants]
 
 
@@ -203,7 +204,8 @@ def _json_or_none(line: str):
 def _pll(seq: str, alphabet: Alphabet, engine: Engine, bar) -> float:
     jobs = [_tokens(alphabet, seq, [i]) for i in range(len(seq))]
     lps = _run(jobs, engine, bar)
-    return sum(float(lp[i + 1, alphabet.get_idx(c)]) for i, (lp, c) in enumerate(zip(lps, seq)))
+    o = alphabet.residue_offset
+    return sum(float(lp[i + o, alphabet.get_idx(c)]) for i, (lp, c) in enumerate(zip(lps, seq)))
 
 
 SCORERS = {"masked-marginal": masked_marginal, "wt-marginal": wt_marginal, "pseudo-ll": pseudo_ll}
@@ -246,7 +248,7 @@ def require_mlm(model, alphabet: Alphabet) -> None:
 
     if not has_mlm_head(model) or alphabet.mask_idx is None:
         raise InputError("this model has no masked-language-model head (the ProtT5 encoder gives "
-                         "representations only); variant scoring needs an ESM-1b/ESM-1v/ESM-2 model")
+                         "representations only); variant scoring needs an ESM-1b/ESM-1v/ESM-2 or CARP model")
 
 
 def read_wild_type(path, unknown: str | None = None) -> str:

@@ -62,7 +62,9 @@ def masked_example(seq: str, rng: np.random.Generator, max_length: int, alphabet
                    mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs_T, targets_T) of a clean sequence: crop and masks drawn from `rng` alone."""
     start, end = crop_window(len(seq), max_length, rng)
-    tokens_T = torch.tensor([alphabet.cls_idx, *alphabet.encode(seq[start:end]), alphabet.eos_idx])
+    bos = [alphabet.cls_idx] if alphabet.prepend_bos else []  # CARP: neither BOS nor EOS
+    eos = [alphabet.eos_idx] if alphabet.append_eos else []
+    tokens_T = torch.tensor([*bos, *alphabet.encode(seq[start:end]), *eos])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     inputs, targets = mask_tokens(tokens_T[None], gen, alphabet, mask_prob=mask_prob)
     return inputs[0], targets[0]
