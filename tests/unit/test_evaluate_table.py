@@ -26,9 +26,22 @@ def test_shipped_copy_matches_the_shared_reference(shared_data):
     ref = [ln.split("\t") for ln in (shared_data / "reference" / "plm_comparison.tsv").read_text().splitlines()
            if ln and not ln.startswith("#")]
     table = published_table()
-    assert [r[0] for r in ref[1:]] == list(table)
+    names = list(table)
+    # the paper's rows first, unchanged; then protlm's additions: the smaller CARPs, sizes only
+    assert names[: len(ref) - 1] == [r[0] for r in ref[1:]]
     for r in ref[1:]:
         assert [table[r[0]][k] or "-" for k in ref[0]] == r
+    assert names[len(ref) - 1 :] == ["CARP 76M", "CARP 38M", "CARP 600K"]
+    for name in names[len(ref) - 1 :]:
+        assert all(not table[name][k] for k in ref[0][2:])
+
+
+def test_every_published_checkpoint_of_the_table_is_in_the_registry():
+    """CARP's four sizes and both ProtT5-XL models load by name and map onto their rows."""
+    for name, row in {"carp_640M": "CARP", "carp_76M": "CARP 76M", "carp_38M": "CARP 38M",
+                      "carp_600k": "CARP 600K", "prot_t5_xl_bfd": "Prot-T5-XL (BFD)"}.items():
+        assert name in REGISTRY and published_name(name) == row
+    assert published_row("carp_640M")["CASP14"] == "0.42"
 
 
 def test_registry_names_map_to_published_rows():

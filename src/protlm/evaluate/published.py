@@ -22,12 +22,12 @@ PUBLISHED_NAMES = {
     "prot_t5_xl_uniref50": "Prot-T5-XL (UR50)",
     "prot_t5_xl_half_uniref50-enc": "Prot-T5-XL (UR50)",
     "prot_t5_xl_bfd": "Prot-T5-XL (BFD)",
-    "carp_640M": "CARP 640M",
+    "carp_640M": "CARP",
     "carp_76M": "CARP 76M",
     "carp_38M": "CARP 38M",
     "carp_600k": "CARP 600K",
 }
-HUB_OWNERS = ("facebook/", "Rostlab/")  # CARP has no hub id  # the same models under their Hugging Face hub ids
+HUB_OWNERS = ("facebook/", "Rostlab/")  # the same models under their Hugging Face hub ids (CARP has none)
 
 
 @functools.lru_cache(maxsize=1)
