@@ -8,7 +8,7 @@ representation, no LM head, as embedding extraction does):
                it computes 2.7x the real tokens and would double the run time)
   padded-sort  length-sorted padded batches of <= --toks tokens, padding included (fair-esm's
                scripts/extract.py batching)
-  packed       file order, packed batches of <= --toks real tokens (`ESM.forward_packed`)
+  packed       file order, packed batches of <= --toks real tokens (`ESM.forward(tokens_N, cu_seqlens=...)`)
 
 residues/s = residues / wall time: best of --repeats after one warm-up on a short batch, runs
 interleaved; padded-1 is timed once. Outputs are checked to agree. With --compare-attention, the
@@ -35,7 +35,7 @@ from protlm import Alphabet, build_model
 from protlm.data.fasta import load_fasta
 from protlm.models.config import esm2_config
 from protlm.models.layers import init_weights
-from protlm.models.packing import Packing, cu_seqlens_from_lengths, pack, repad
+from protlm.models.layout import Packed, cu_seqlens_from_lengths, pack, repad
 from protlm.models.varlen import varlen_attention
 
 FASTA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sequences" / "some_proteins.fasta"
@@ -78,7 +78,7 @@ def make_runs(model, seqs: list[str], toks: int, unsorted: bool):
         def run():
             out = {}
             for b, (t, cu) in zip(batches, packs):
-                x = model.forward_packed(t, cu, repr_layers=[n], return_logits=False)["representations"][n]
+                x = model(t, repr_layers=[n], return_logits=False, cu_seqlens=cu)["representations"][n]
                 out.update({index[s]: x[cu[j]: cu[j + 1]] for j, s in enumerate(b)})
             return out
         return run, sum(t.numel() for t, _ in packs)
@@ -98,7 +98,7 @@ def bench_model(layers: int, dim: int, seqs: list[str], toks: int, repeats: int,
     best, outs = {k: float("inf") for k in runs}, {}
     with torch.inference_mode():
         t, cu = pack(Alphabet().get_batch_converter()([("w", seqs[0][:100])])[2], model.padding_idx)
-        backend = model.forward_packed(t, cu, return_logits=False)["attention_backend"]  # warm-up
+        backend = model(t, return_logits=False, cu_seqlens=cu)["attention_backend"]  # warm-up
         for rep in range(repeats):
             for name, (run, _) in runs.items():
                 if name == "padded-1" and rep:
@@ -124,7 +124,7 @@ def compare_attention(seqs: list[str], heads: int = 20, head_dim: int = 16, repe
     lengths = torch.tensor([len(s) + 2 for s in seqs])
     cu = cu_seqlens_from_lengths(lengths)
     N = int(lengths.sum())
-    packing = Packing.from_cu_seqlens(cu, N)
+    packing = Packed.from_cu_seqlens(cu, N)
     q, k, v = (torch.randn(N, heads, head_dim) for _ in range(3))
     h = lambda x: x.transpose(0, 1).unsqueeze(0)  # noqa: E731  (N, H, hd) -> (1, H, N, hd)
     seq_id = packing.seq_id_N
@@ -136,7 +136,7 @@ def compare_attention(seqs: list[str], heads: int = 20, head_dim: int = 16, repe
     qp, kp, vp = (repad(x, cu).transpose(1, 2) for x in (q, k, v))  # (B, H, T, hd)
     key_ok = torch.arange(T)[None, :] < lengths[:, None]
     cands = {
-        "sdpa_loop": lambda: varlen_attention(q, k, v, packing)[0],
+        "sdpa_loop": lambda: varlen_attention(q, k, v, packing.cu_seqlens, packing.max_seqlen, packing.bounds)[0],
         "block-diagonal mask": lambda: F.scaled_dot_product_attention(
             h(q), h(k), h(v), attn_mask=seq_id[:, None] == seq_id[None, :], scale=1.0)[0].transpose(0, 1),
         "flex (compiled)": lambda: flex(h(q), h(k), h(v), block_mask=block_mask, scale=1.0)[0].transpose(0, 1),

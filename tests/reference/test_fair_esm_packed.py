@@ -9,7 +9,7 @@ import torch
 
 import _writers as W
 from protlm.data.fasta import load_fasta
-from protlm.models.packing import pack
+from protlm.models.layout import pack
 from protlm.pretrained.load import load_model_and_alphabet
 
 TOL = 1e-5
@@ -35,7 +35,7 @@ def test_packed_matches_fair_esm(tmp_path, shared_data, family, kw):
     layers = [0, 1, n // 2, n]
     with torch.no_grad():
         r = ref(tokens_BT, repr_layers=layers)
-        o = model.forward_packed(tokens_N, cu, repr_layers=layers)
+        o = model(tokens_N, repr_layers=layers, cu_seqlens=cu)
     d = {"logits": (r["logits"][keep] - o["logits"]).abs().max().item()}
     for i in layers:
         d[f"repr{i}"] = (r["representations"][i][keep] - o["representations"][i]).abs().max().item()

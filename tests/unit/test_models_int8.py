@@ -8,7 +8,7 @@ from torch import nn
 
 from protlm.dtypes import cast_state, parse_dtype
 from protlm.errors import ConfigError
-from protlm.models.int8 import QMAX, FusedQKV, Int8Linear, is_quantized, linear_names, quantize_, quantize_weight
+from protlm.models.int8 import QMAX, Int8MultiheadAttention, Int8Linear, is_quantized, linear_names, quantize_, quantize_weight
 
 
 def test_quantize_weight_per_output_channel():
@@ -61,19 +61,27 @@ def test_int8_state_dict_round_trip():
     torch.testing.assert_close(b(x), a(x))
 
 
-def test_fused_qkv_equals_three_separate_projections():
+def test_int8_attention_fuses_qkv_into_the_three_separate_projections():
     """One kernel call over the stacked int8 weights gives the three projections (per-channel
     scales: stacking changes nothing), and it follows weights loaded later. Equal to fp32 rounding,
     not bit for bit: on two threads oneDNN splits the wider output differently (1 ulp seen)."""
+    from protlm.models.layers import MultiheadAttention
+
     torch.manual_seed(0)
-    parts = [Int8Linear.from_linear(nn.Linear(64, 48)) for _ in range(3)]
-    fused = FusedQKV(*parts)
+    attn = MultiheadAttention(64, 4, rotary=True)
+    for p in "qkv":
+        setattr(attn, f"{p}_proj", Int8Linear.from_linear(getattr(attn, f"{p}_proj")))
+    fused = Int8MultiheadAttention.from_attention(attn)
+    parts = [attn.q_proj, attn.k_proj, attn.v_proj]
+    assert [fused.q_proj, fused.k_proj, fused.v_proj] == parts and fused.rot_emb is attn.rot_emb
+    assert (fused.num_heads, fused.head_dim, fused.scaling) == (4, 16, attn.scaling)
+    assert list(fused.state_dict()) == list(attn.state_dict())  # the same state, the same names
     x = torch.randn(2, 5, 64)
     with torch.no_grad():
-        for got, part in zip(fused(x), parts):
+        for got, part in zip(fused.project_qkv(x), parts):
             torch.testing.assert_close(got, part(x), rtol=1e-6, atol=1e-7)
-        parts[1].load_state_dict(Int8Linear.from_linear(nn.Linear(64, 48)).state_dict())
-        torch.testing.assert_close(fused(x)[1], parts[1](x), rtol=1e-6, atol=1e-7)
+        parts[1].load_state_dict(Int8Linear.from_linear(nn.Linear(64, 64)).state_dict())
+        torch.testing.assert_close(fused.project_qkv(x)[1], parts[1](x), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["esm1b_debug", "esm2_debug"])
@@ -85,7 +93,7 @@ def test_quantized_model_close_to_fp32(debug_model, name):
     names = linear_names(model)
     assert len(state) == 2 * len(names) and "lm_head.dense" in names
     assert isinstance(q.contact_head.regression, nn.Linear)  # stays fp32
-    assert all(isinstance(layer.self_attn.fused_qkv, FusedQKV) for layer in q.layers)
+    assert all(type(layer.self_attn) is Int8MultiheadAttention for layer in q.layers)
     assert {q.layers[0].self_attn.q_proj.weight_int8.dtype, q.layers[0].final_layer_norm.weight.dtype} == {
         torch.int8, torch.float32}
     tokens = torch.randint(4, 24, (2, 30))

@@ -1,4 +1,5 @@
-"""ESM.forward_packed: the same numbers as the padded forward, for both families (CPU, fp32)."""
+"""ESM.forward on a packed batch (cu_seqlens): the same numbers as the padded forward, for both
+families (CPU, fp32)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from protlm import Alphabet, build_model
 from protlm.data.fasta import load_fasta
 from protlm.data.masking import IGNORE_INDEX, mask_tokens
 from protlm.models.config import esm1b_config
-from protlm.models.packing import pack, repad
+from protlm.models.layout import pack, repad
 from protlm.train.batches import MLMBatch
 from protlm.train.loop import masked_ce_sum
 
@@ -42,7 +43,7 @@ def max_diff_packed_vs_padded(model, tokens_BT, layers):
     tokens_N, cu = pack(tokens_BT, PAD)
     with torch.no_grad():
         ref = model(tokens_BT, repr_layers=layers)
-        out = model.forward_packed(tokens_N, cu, repr_layers=layers)
+        out = model(tokens_N, repr_layers=layers, cu_seqlens=cu)
     keep = tokens_BT.ne(PAD)
     d = {"logits": (ref["logits"][keep] - out["logits"]).abs().max().item()}
     for i in layers:
@@ -65,7 +66,7 @@ def test_repad_gives_the_padded_layout(model, mixed):
     tokens_N, cu = pack(t, PAD)
     with torch.no_grad():
         ref = model(t, repr_layers=[1])["representations"][1]
-        x_BTD = repad(model.forward_packed(tokens_N, cu, repr_layers=[1])["representations"][1], cu)
+        x_BTD = repad(model(tokens_N, repr_layers=[1], cu_seqlens=cu)["representations"][1], cu)
     keep = t.ne(PAD)
     assert x_BTD.shape == ref.shape and x_BTD[~keep].abs().max() == 0
     assert (x_BTD - ref)[keep].abs().max() <= TOL
@@ -75,7 +76,7 @@ def test_negative_repr_layers(model, mixed):
     tokens_N, cu = pack(padded(mixed[:2]), PAD)
     n = model.num_layers
     with torch.no_grad():
-        reps = model.forward_packed(tokens_N, cu, repr_layers=[-1, 0], return_logits=False)
+        reps = model(tokens_N, repr_layers=[-1, 0], return_logits=False, cu_seqlens=cu)
     assert sorted(reps["representations"]) == [0, n] and "logits" not in reps
 
 
@@ -84,11 +85,11 @@ def test_batch_invariance(model, mixed):
     n = model.num_layers
     tokens_N, cu = pack(padded(mixed), PAD)
     with torch.no_grad():
-        together = model.forward_packed(tokens_N, cu, repr_layers=range(n + 1))
+        together = model(tokens_N, repr_layers=range(n + 1), cu_seqlens=cu)
         for b, seq in enumerate(mixed):
             s, e = cu[b].item(), cu[b + 1].item()
             alone_N, alone_cu = pack(padded([seq]), PAD)
-            alone = model.forward_packed(alone_N, alone_cu, repr_layers=range(n + 1))
+            alone = model(alone_N, repr_layers=range(n + 1), cu_seqlens=alone_cu)
             assert torch.equal(alone_N, tokens_N[s:e])
             # Not bitwise: matmuls round differently for 3 rows than for 1,400.
             assert (alone["logits"] - together["logits"][s:e]).abs().max() <= TOL
@@ -104,7 +105,7 @@ def test_token_dropout_rescale_is_per_sequence(model):
     tokens_N, cu = pack(t, PAD)
     keep = t.ne(PAD)
     with torch.no_grad():
-        x_ND = model.forward_packed(tokens_N, cu, repr_layers=[0], return_logits=False)["representations"][0]
+        x_ND = model(tokens_N, repr_layers=[0], return_logits=False, cu_seqlens=cu)["representations"][0]
         assert torch.equal(x_ND, model.embed(t)[keep])
     d, _ = max_diff_packed_vs_padded(model, t, [0, 1, model.num_layers])
     assert max(d.values()) <= TOL, d
@@ -115,9 +116,9 @@ def test_logits_at_selected_positions(model, mixed):
     at_bool = tokens_N.eq(model.mask_idx) | (torch.arange(len(tokens_N)) % 7 == 0)
     at_idx = at_bool.nonzero().squeeze(1)
     with torch.no_grad():
-        full = model.forward_packed(tokens_N, cu)["logits"]
-        by_idx = model.forward_packed(tokens_N, cu, logits_at=at_idx)["logits"]
-        by_bool = model.forward_packed(tokens_N, cu, logits_at=at_bool)["logits"]
+        full = model(tokens_N, cu_seqlens=cu)["logits"]
+        by_idx = model(tokens_N, logits_at=at_idx, cu_seqlens=cu)["logits"]
+        by_bool = model(tokens_N, logits_at=at_bool, cu_seqlens=cu)["logits"]
     assert by_idx.shape == (len(at_idx), 33)
     assert (by_idx - full[at_idx]).abs().max() <= 1e-6
     assert torch.equal(by_idx, by_bool)
@@ -137,7 +138,7 @@ def test_mlm_loss_and_gradients_packed_equal_padded(model, mixed):
     targets_N = targets_BT[keep]
     at = (targets_N != IGNORE_INDEX).nonzero().squeeze(1)
     model.zero_grad()
-    logits_MV = model.forward_packed(inputs_N, cu, logits_at=at)["logits"]
+    logits_MV = model(inputs_N, logits_at=at, cu_seqlens=cu)["logits"]
     packed_sum = F.cross_entropy(logits_MV.float(), targets_N[at], reduction="sum")
     (packed_sum / count).backward()
 
@@ -149,18 +150,18 @@ def test_mlm_loss_and_gradients_packed_equal_padded(model, mixed):
         assert (packed_grads[k] - g).abs().max() <= TOL, k
 
 
-def test_call_with_cu_seqlens_is_forward_packed(model, mixed):
+def test_call_with_cu_seqlens_runs_through_call(model, mixed):
     """model(tokens_N, cu_seqlens=...) runs the packed path through __call__, so hooks fire
-    (DDP, FSDP and compile wrap __call__, not forward_packed)."""
+    (DDP, FSDP and compile wrap __call__); keyword order does not matter."""
     tokens_N, cu = pack(padded(mixed), PAD)
     at = torch.arange(0, len(tokens_N), 5)
     calls = []
     handle = model.register_forward_pre_hook(lambda m, args: calls.append(1))
     with torch.no_grad():
-        direct = model.forward_packed(tokens_N, cu, repr_layers=[1], logits_at=at)
+        direct = model(tokens_N, repr_layers=[1], logits_at=at, cu_seqlens=cu)
         called = model(tokens_N, repr_layers=[1], cu_seqlens=cu, logits_at=at)
     handle.remove()
-    assert calls == [1]
+    assert calls == [1, 1]
     assert torch.equal(direct["logits"], called["logits"])
     assert torch.equal(direct["representations"][1], called["representations"][1])
     with pytest.raises(ValueError, match="contacts need padded"):
@@ -172,7 +173,7 @@ def test_train_mode_with_attention_dropout_runs():
                        dropout=0.1, attention_dropout=0.1)
     m = build_model(cfg).train()
     tokens_N, cu = pack(padded([("a", "MKTAYIAKQ"), ("b", "GSH")]), PAD)
-    out = m.forward_packed(tokens_N, cu)
+    out = m(tokens_N, cu_seqlens=cu)
     out["logits"].sum().backward()
     assert out["attention_backend"] == "sdpa_loop" and torch.isfinite(m.embed_tokens.weight.grad).all()
 
@@ -181,28 +182,28 @@ def test_packed_input_checks(model):
     t = padded([("a", "MKTAYIAKQ"), ("b", "GSH")])
     tokens_N, cu = pack(t, PAD)
     with pytest.raises(ValueError, match="1-D"):
-        model.forward_packed(t, cu)
+        model(t, cu_seqlens=cu)
     with pytest.raises(ValueError, match="no padding"):
-        model.forward_packed(t.flatten(), torch.tensor([0, t.shape[1], t.numel()], dtype=torch.int32))
+        model(t.flatten(), cu_seqlens=torch.tensor([0, t.shape[1], t.numel()], dtype=torch.int32))
     with pytest.raises(ValueError, match="cu_seqlens"):
-        model.forward_packed(tokens_N, cu[:-1])
+        model(tokens_N, cu_seqlens=cu[:-1])
     with pytest.raises(ValueError, match="cannot run here"):
-        model.forward_packed(tokens_N, cu, attention_backend="varlen_attn")
+        model(tokens_N, attention_backend="varlen_attn", cu_seqlens=cu)
     x = torch.zeros(len(tokens_N), model.embed_dim)
-    from protlm.models.packing import Packing
+    from protlm.models.layout import Packed
 
     with pytest.raises(ValueError, match="attention maps"):
-        model.layers[0](x, need_weights=True, packing=Packing.from_cu_seqlens(cu, len(tokens_N)))
+        model.layers[0](x, Packed.from_cu_seqlens(cu, len(tokens_N)), need_weights=True)
 
 
 def test_learned_positions_reject_too_long_packed():
     m = build_model(esm1b_config(num_layers=1, embed_dim=16, ffn_embed_dim=32, attention_heads=2,
                                  max_positions=8)).eval()
     short_N, short_cu = pack(padded([("a", "M" * 6), ("b", "M")]), PAD)
-    assert m.forward_packed(short_N, short_cu)["logits"].shape == (11, 33)
+    assert m(short_N, cu_seqlens=short_cu)["logits"].shape == (11, 33)
     long_N, long_cu = pack(padded([("a", "M" * 7), ("b", "M")]), PAD)
     with pytest.raises(ValueError, match="exceeds"):
-        m.forward_packed(long_N, long_cu)
+        m(long_N, cu_seqlens=long_cu)
 
 
 @pytest.mark.gpu
@@ -213,11 +214,11 @@ def test_cuda_backends(model, mixed):
     tokens_N, cu = pack(padded(mixed), PAD)
     tokens_N, cu = tokens_N.cuda(), cu.cuda()
     with torch.no_grad():
-        ref = m.forward_packed(tokens_N, cu, repr_layers=[1])
+        ref = m(tokens_N, repr_layers=[1], cu_seqlens=cu)
         assert ref["attention_backend"] == "sdpa_loop"  # fp32: varlen kernels take fp16/bf16 only
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            fast = m.forward_packed(tokens_N, cu, repr_layers=[1])
-            loop = m.forward_packed(tokens_N, cu, repr_layers=[1], attention_backend="sdpa_loop")
+            fast = m(tokens_N, repr_layers=[1], cu_seqlens=cu)
+            loop = m(tokens_N, repr_layers=[1], attention_backend="sdpa_loop", cu_seqlens=cu)
     assert fast["attention_backend"] in ("flash_attn", "varlen_attn")
     scale = ref["representations"][1].abs().max()
     for out in (fast, loop):

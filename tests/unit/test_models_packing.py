@@ -1,4 +1,4 @@
-"""Packed batches without a model: pack/unpack/repad, Packing, the varlen attention kernels."""
+"""Layouts without a model: pack/unpack/repad, Packed and Padded, the varlen attention kernels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protlm import Alphabet
-from protlm.models.packing import Packing, cu_seqlens_from_lengths, pack, repad, unpack
+from protlm.models.layout import Packed, cu_seqlens_from_lengths, pack, repad, unpack
 from protlm.models.varlen import select_backend, unusable_reason, varlen_attention
 
 SEQS = [("a", "MKTAYIAKQRQISFVKSHF"), ("b", "M"), ("c", ""), ("d", "GSH<mask>LEDPV")]
@@ -42,18 +42,18 @@ def test_cu_seqlens_from_lengths():
 
 
 def test_packing_positions_restart_per_sequence():
-    p = Packing.from_cu_seqlens(torch.tensor([0, 3, 4, 4, 7], dtype=torch.int32), 7)
+    p = Packed.from_cu_seqlens(torch.tensor([0, 3, 4, 4, 7], dtype=torch.int32), 7)
     assert p.positions_N.tolist() == [0, 1, 2, 0, 0, 1, 2]
     assert p.seq_id_N.tolist() == [0, 0, 0, 1, 3, 3, 3]  # sequence 2 is empty
     assert p.bounds == ((0, 3), (3, 4), (4, 4), (4, 7)) and p.max_seqlen == 3
     assert p.lengths_B.tolist() == [3, 1, 0, 3]
-    assert p.segment_sum(torch.arange(7)).tolist() == [3, 3, 0, 15]
+    assert p.sequence_sum(torch.arange(7)).tolist() == [3, 3, 0, 15]
 
 
 @pytest.mark.parametrize("cu,n", [([0, 3, 2], 2), ([1, 3], 3), ([0, 3], 4), ([0], 0)])
 def test_packing_rejects_bad_boundaries(cu, n):
     with pytest.raises(ValueError, match="cu_seqlens"):
-        Packing.from_cu_seqlens(torch.tensor(cu, dtype=torch.int32), n)
+        Packed.from_cu_seqlens(torch.tensor(cu, dtype=torch.int32), n)
 
 
 def test_cpu_backend_is_the_sdpa_loop():
@@ -76,9 +76,46 @@ def test_varlen_attention_is_softmax_within_each_sequence():
     cu = cu_seqlens_from_lengths(lengths)
     N, H, hd = int(lengths.sum()), 3, 8
     q, k, v = (torch.randn(N, H, hd) for _ in range(3))
-    out, backend = varlen_attention(q, k, v, Packing.from_cu_seqlens(cu, N))
+    p = Packed.from_cu_seqlens(cu, N)
+    out, backend = varlen_attention(q, k, v, p.cu_seqlens, p.max_seqlen, p.bounds)
     assert backend == "sdpa_loop" and out.shape == (N, H, hd)
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         qs, ks, vs = (x[s:e].transpose(0, 1) for x in (q, k, v))  # (H, L, hd)
         ref = torch.softmax(qs @ ks.transpose(-1, -2), -1) @ vs
         assert (out[s:e] - ref.transpose(0, 1)).abs().max() <= 1e-5
+
+
+def test_padded_layout_positions_and_sums():
+    from protlm.models.layout import Padded
+
+    tokens = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])  # right-padded with 1
+    p = Padded.of(tokens, padding_idx=1)
+    assert p.positions.tolist() == [0, 1, 2, 3] and p.max_seqlen == 4
+    assert p.position_ids(1).tolist() == [[2, 3, 4, 5], [2, 3, 4, 1]]  # fairseq's offset, pad at 1
+    assert p.lengths_B.tolist() == [4, 3]
+    assert p.sequence_sum(torch.ones(2, 4)).tolist() == [4.0, 4.0]
+    assert p.zero_padding(torch.ones(2, 4, 1))[:, :, 0].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert Padded.of(tokens[:1], padding_idx=1).key_mask_BT is None  # no padding: SDPA unmasked
+    with pytest.raises(ValueError, match="batch, length"):
+        Padded.of(tokens.flatten(), padding_idx=1)
+
+
+def test_packed_and_padded_attention_agree():
+    """The same sequences through both layouts' `attend`: one kernel choice per layout, one answer."""
+    from protlm.models.layout import Padded
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([3, 6, 2])
+    cu = cu_seqlens_from_lengths(lengths)
+    N, H, hd = int(lengths.sum()), 2, 4
+    q, k, v = (torch.randn(N, H, hd) for _ in range(3))
+    packed, _ = Packed.from_cu_seqlens(cu, N).attend(q, k, v, 0.0, need_weights=False)
+    tokens = repad(torch.full((N,), 5), cu, value=1)
+    layout = Padded.of(tokens, padding_idx=1)
+    qp, kp, vp = (repad(x, cu) for x in (q, k, v))  # (B, T, H, hd)
+    fast, _ = layout.attend(qp, kp, vp, 0.0, need_weights=False)
+    slow, probs = layout.attend(qp, kp, vp, 0.0, need_weights=True)
+    keep = tokens.ne(1)
+    torch.testing.assert_close(fast[keep], packed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(slow[keep], packed, rtol=1e-5, atol=1e-6)
+    assert probs.shape == (3, H, 6, 6) and float(probs[2, :, :, 2:].abs().max()) == 0.0  # padded keys

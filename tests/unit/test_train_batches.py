@@ -11,7 +11,7 @@ from protlm.alphabet import Alphabet
 from protlm.data.index import FastaIndex
 from protlm.data.masking import IGNORE_INDEX
 from protlm.data.sampler import BatchPlan
-from protlm.models.packing import pack
+from protlm.models.layout import pack
 from protlm.train.batches import make_batch, rank_loader
 
 

@@ -11,7 +11,7 @@ from protlm.data.masking import IGNORE_INDEX, mask_tokens
 from protlm.models import varlen
 from protlm.models.config import esm2_config
 from protlm.models.layers import init_weights
-from protlm.models.packing import pack
+from protlm.models.layout import pack
 from protlm.train.parallelize import Dist, apply_activation_checkpointing, apply_compile, parallelize
 
 LAYERS = 4

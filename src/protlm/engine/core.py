@@ -4,7 +4,7 @@ Every command that runs a model over many sequences goes through `Engine`: `prot
 the function heads' embeddings (protlm.tasks.pooling), `contacts predict`, and the variant
 scorers (`Engine.log_probs`: LM log-probabilities of masked or plain sequences).
 
-- Embeddings run PACKED (protlm.models.packing): sequences concatenated with no padding, so
+- Embeddings run PACKED (protlm.models.layout): sequences concatenated with no padding, so
   the token budget counts real tokens only. Contacts need the attention maps, which only the
   padded forward makes: a request with contacts runs padded batches (closed before padding
   exceeds `max_padding`), reduced layer by layer inside `ESM.forward`.
@@ -205,7 +205,7 @@ class Engine:
         t0 = time.perf_counter()
         new_shape = self.compile and tokens_N.numel() not in self._shapes
         with _swapped_in(self.model.layers, self._compiled):
-            reps = self.model.forward_packed(tokens_N, cu, self.layers, return_logits=False)["representations"]
+            reps = self.model(tokens_N, self.layers, return_logits=False, cu_seqlens=cu)["representations"]
         x_LND = torch.stack([reps[k][:N] for k in self.layers]).float()  # dummy tokens dropped
         if new_shape:
             self._shapes.add(tokens_N.numel())
@@ -268,7 +268,7 @@ class Engine:
         extra = -N % COMPILE_BUCKET
         if extra == 0:
             return tokens_N, cu
-        # <cls> tokens: never padding (forward_packed refuses it); the dummy attends only to itself
+        # <cls> tokens: never padding (a packed forward refuses it); the dummy attends only to itself
         dummy = tokens_N.new_full((extra,), self.alphabet.cls_idx)
         return torch.cat([tokens_N, dummy]), torch.cat([cu, cu.new_tensor([N + extra])])
 
@@ -297,7 +297,7 @@ class Engine:
             if self.compile:
                 tokens, cu = self._bucket(tokens, cu)
             with _swapped_in(self.model.layers, self._compiled):
-                logits = self.model.forward_packed(tokens, cu, (), return_logits=True)["logits"][:N]
+                logits = self.model(tokens, cu_seqlens=cu)["logits"][:N]
             lp = _to_host(torch.log_softmax(logits.float(), -1))
             if self.device.type == "cuda":
                 torch.cuda.current_stream().synchronize()  # the copy above is non-blocking

@@ -1,8 +1,9 @@
 """The forward pass shared by every encoder (ESM, T5): layers, kept representations, maps.
 
-A model passes its embedded tokens; this runs `model.layers`, keeps the asked-for
-representations (fair-esm numbering: 0 = embeddings, n = after the final norm), collects or
-reduces attention maps, and applies `model.emb_layer_norm_after`.
+A model passes its embedded tokens and their layout (padded or packed, protlm.models.layout);
+this runs `model.layers`, keeps the asked-for representations (fair-esm numbering:
+0 = embeddings, n = after the final norm), collects or reduces attention maps, and applies
+`model.emb_layer_norm_after`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterable
 import torch
 
 from protlm.errors import InputError
+from protlm.models.layout import Layout
 
 
 def resolve_layers(repr_layers: Iterable[int], num_layers: int) -> list[int]:
@@ -27,23 +29,23 @@ def resolve_layers(repr_layers: Iterable[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
-def run_encoder(model, tokens_BT: torch.Tensor, x_BTD: torch.Tensor, repr_layers: Iterable[int],
+def run_encoder(model, x: torch.Tensor, layout: Layout, repr_layers: Iterable[int],
                 need_head_weights: bool = False, return_contacts: bool = False,
-                attn_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """-> (x after the final norm (B, T, D), {'representations', 'attentions'?, 'contacts'?}).
+                tokens_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """-> (x after the final norm, {'representations', 'attentions'?, 'contacts'?}).
 
-    `model` has `layers`, `emb_layer_norm_after`, `contact_head`, `padding_idx`, `num_layers`.
-    attn_bias: added to every layer's attention scores (T5's shared relative positions).
+    x: the embedded tokens, (B, T, D) or (N, D) as `layout` says. `model` has `layers`,
+    `emb_layer_norm_after`, `contact_head`, `num_layers`. Maps and contacts need a padded
+    layout and `tokens_BT` (the contact head finds EOS in them).
     """
     repr_layers = set(resolve_layers(repr_layers, model.num_layers))
-    padding_mask = tokens_BT.eq(model.padding_idx)
-    reps = {0: x_BTD} if 0 in repr_layers else {}
-    key_mask = padding_mask if padding_mask.any() else None
     need_maps = need_head_weights or return_contacts
+    if need_maps and layout.packed:
+        raise ValueError("attention maps and contacts need padded tokens, not a packed batch")
+    reps = {0: x} if 0 in repr_layers else {}
     attn_maps, contact_logits = [], None
-    x = x_BTD
     for i, layer in enumerate(model.layers):
-        x, attn = layer(x, key_mask, need_weights=need_maps, attn_bias=attn_bias)
+        x, attn = layer(x, layout, need_weights=need_maps)
         if i + 1 in repr_layers:
             reps[i + 1] = x
         if attn is None:
@@ -51,11 +53,11 @@ def run_encoder(model, tokens_BT: torch.Tensor, x_BTD: torch.Tensor, repr_layers
         if return_contacts and not need_head_weights:
             # Reduce each layer's maps into the contact logits now, so peak memory holds
             # one layer of attention rather than all of them (padding is zeroed inside).
-            part = model.contact_head.layer_logits(tokens_BT, attn, i, key_mask)
+            part = model.contact_head.layer_logits(tokens_BT, attn, i, layout.key_mask_BT)
             contact_logits = part if contact_logits is None else contact_logits + part
         if need_head_weights:
-            if key_mask is not None:
-                keep = (~padding_mask).to(attn)
+            if layout.key_mask_BT is not None:
+                keep = (~layout.pad_BT).to(attn)
                 attn = attn * (keep[:, None, :, None] * keep[:, None, None, :])  # (B, H, T, T)
             attn_maps.append(attn.to(x.dtype))  # the model's dtype, as fair-esm returns them
 

@@ -12,7 +12,7 @@ from protlm.models.config import ESMConfig
 from protlm.models.encoder import resolve_layers, run_encoder
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import LearnedPositionalEmbedding, RobertaLMHead, TransformerLayer
-from protlm.models.packing import Packing
+from protlm.models.layout import Layout, Packed, Padded
 from protlm.models.varlen import select_backend
 
 # Token dropout: training masked 15% x 80% of residues with <mask> and zeroed their
@@ -25,8 +25,8 @@ class ESM(nn.Module):
 
     forward(tokens) returns fair-esm's dict: `logits` (B, T, V), `representations`
     {layer: (B, T, D)}, `attentions` (B, layers, heads, T, T) when `need_head_weights`,
-    `contacts` (B, L, L) when `return_contacts`. forward_packed(tokens_N, cu_seqlens) computes
-    the same on a packed batch without padding (see protlm.models.packing).
+    `contacts` (B, L, L) when `return_contacts`. forward(tokens_N, cu_seqlens=...) computes the
+    same on a packed batch without padding (protlm.models.layout).
     """
 
     def __init__(self, config: ESMConfig, alphabet: Alphabet | None = None):
@@ -88,36 +88,35 @@ class ESM(nn.Module):
     def attention_heads(self) -> int:
         return self.config.attention_heads
 
-    def embed(self, tokens_BT: torch.Tensor) -> torch.Tensor:
-        """Token ids -> layer-0 representation (B, T, D)."""
-        padding_mask = tokens_BT.eq(self.padding_idx)
-        x = self.embed_tokens(tokens_BT)
-        if self.config.token_dropout:
-            is_mask = tokens_BT.eq(self.mask_idx)
-            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-            src_lengths = (~padding_mask).sum(-1)
-            observed = is_mask.sum(-1).to(x.dtype) / src_lengths
-            x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(tokens_BT)
-        if self.emb_layer_norm_before is not None:
-            x = self.emb_layer_norm_before(x)
-        return x * (~padding_mask).unsqueeze(-1).to(x.dtype)
+    def layout(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+               attention_backend: str | None = None) -> Layout:
+        """Padded tokens (B, T), or packed tokens (N,) with `cu_seqlens`: their layout."""
+        if cu_seqlens is None:
+            return Padded.of(tokens, self.padding_idx)
+        if tokens.ndim != 1:
+            raise ValueError(f"packed tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
+        if tokens.eq(self.padding_idx).any():
+            raise ValueError("packed tokens must hold no padding (see protlm.models.layout.pack)")
+        # The kernel is chosen once here, for the dtype q/k/v will have, and every layer runs it.
+        backend = select_backend(tokens.device, self._compute_dtype(tokens.device),
+                                 self._attention_dropout(), attention_backend)
+        return Packed.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), backend)
 
-    def embed_packed(self, tokens_N: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """Packed token ids -> layer-0 representation (N, D); the same numbers as `embed`."""
-        x = self.embed_tokens(tokens_N)
+    def embed(self, tokens: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
+        """Token ids -> layer-0 representation: (B, T, D) padded, (N, D) packed."""
+        layout = layout or self.layout(tokens)
+        x = self.embed_tokens(tokens)
         if self.config.token_dropout:
-            is_mask = tokens_N.eq(self.mask_idx)
+            is_mask = tokens.eq(self.mask_idx)
             x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
             # The mask ratio is per sequence, as fair-esm computes it per row of a padded batch.
-            observed_B = packing.segment_sum(is_mask.long()).to(x.dtype) / packing.lengths_B
-            x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed_B)[packing.seq_id_N].unsqueeze(-1)
+            observed_B = layout.sequence_sum(is_mask.long()).to(x.dtype) / layout.lengths_B
+            x = x * (1 - MASK_RATIO_TRAIN) / layout.per_token(1 - observed_B)
         if self.embed_positions is not None:
-            x = x + self.embed_positions.forward_packed(packing)
+            x = x + self.embed_positions(layout)
         if self.emb_layer_norm_before is not None:
             x = self.emb_layer_norm_before(x)
-        return x
+        return layout.zero_padding(x)
 
     def forward(
         self,
@@ -128,64 +127,25 @@ class ESM(nn.Module):
         return_logits: bool = True,
         cu_seqlens: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
-    ) -> dict:
-        """`return_logits=False` skips the LM head (embedding extraction never needs it).
-
-        With `cu_seqlens`, tokens is a packed batch and this is `forward_packed`: calling it
-        through `model(...)` lets wrappers (DDP, FSDP, compile) see the packed forward too.
-        """
-        if cu_seqlens is not None:
-            if need_head_weights or return_contacts:
-                raise ValueError("attention maps and contacts need padded tokens, not a packed batch")
-            return self.forward_packed(tokens, cu_seqlens, repr_layers, return_logits, logits_at)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
-        x, out = run_encoder(self, tokens, self.embed(tokens), repr_layers, need_head_weights, return_contacts)
-        result = {"logits": self.lm_head(x)} if return_logits else {}
-        return {**result, **out}
-
-    def forward_packed(
-        self,
-        tokens: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        repr_layers: Iterable[int] = (),
-        return_logits: bool = True,
-        logits_at: torch.Tensor | None = None,
         attention_backend: str | None = None,
     ) -> dict:
-        """The forward pass on a packed batch: no padding, attention within each sequence.
+        """fair-esm's forward; `return_logits=False` skips the LM head (embeddings never need it).
 
-        tokens (N,): the sequences concatenated, each with its BOS/EOS; cu_seqlens (B+1,) int:
-        sequence b is tokens[cu_seqlens[b]:cu_seqlens[b+1]] (see `packing.pack`).
-        logits_at (M,) long or bool (N,): apply the LM head only there (MLM training needs logits
-        at masked positions only). attention_backend: force a kernel of protlm.models.varlen.
-        Returns `logits` (N or M, V), `representations` {layer: (N, D)} and `attention_backend`,
-        the kernel that ran. No attention maps or contacts: those need `forward`.
+        Padded tokens (B, T): outputs (B, T, ...). Packed tokens (N,) with `cu_seqlens` (B+1,)
+        int (sequence b is tokens[cu_seqlens[b]:cu_seqlens[b+1]], each with its BOS/EOS; see
+        protlm.models.layout.pack): the same numbers without padding, outputs (N, ...), plus
+        `attention_backend`, the varlen kernel that ran (`attention_backend=` forces one of
+        protlm.models.varlen). No attention maps or contacts for a packed batch.
+        logits_at (M,) long or a bool mask: apply the LM head only there (MLM training needs
+        logits at the masked positions only).
         """
-        if tokens.ndim != 1:
-            raise ValueError(f"packed tokens must be 1-D (N,), got shape {tuple(tokens.shape)}")
-        if tokens.eq(self.padding_idx).any():
-            raise ValueError("packed tokens must hold no padding (see protlm.models.packing.pack)")
-        # The kernel is chosen once here, for the dtype q/k/v will have, and every layer runs it.
-        backend = select_backend(tokens.device, self._compute_dtype(tokens.device),
-                                 self._attention_dropout(), attention_backend)
-        packing = Packing.from_cu_seqlens(cu_seqlens.to(tokens.device), tokens.numel(), backend)
-        repr_layers = set(self.resolve_layers(repr_layers))
-        x = self.embed_packed(tokens, packing)
-
-        reps = {0: x} if 0 in repr_layers else {}
-        for i, layer in enumerate(self.layers):
-            x, _ = layer(x, packing=packing)
-            if i + 1 in repr_layers:
-                reps[i + 1] = x
-        x = self.emb_layer_norm_after(x)
-        if self.num_layers in repr_layers:
-            reps[self.num_layers] = x  # after the final LN, as in `forward`
-        result = {}
+        layout = self.layout(tokens, cu_seqlens, attention_backend)
+        x, result = run_encoder(self, self.embed(tokens, layout), layout, repr_layers,
+                                need_head_weights, return_contacts, tokens)
         if return_logits:
             result["logits"] = self.lm_head(x if logits_at is None else x[logits_at])
-        result["representations"] = reps
-        result["attention_backend"] = backend
+        if layout.packed:
+            result["attention_backend"] = layout.attention_backend
         return result
 
     def _compute_dtype(self, device: torch.device) -> torch.dtype:

@@ -12,7 +12,8 @@ scale (its min and max), which would make a sequence's result depend on the othe
 (x = c + s * xn), the kernel quantizes xn (every call then has min -1 and max 1: the same
 scale), and the output is mapped back: y = s * (W xn) + c * (W 1) + b. That is per-token
 asymmetric quantization, batch-invariant (`PerTokenInt8`). q, k and v share one call
-(`FusedQKV`), and GELU uses PyTorch's fused kernel (`quantize_`). torchao
+(`Int8MultiheadAttention`, swapped in for each attention), and GELU uses PyTorch's fused kernel
+(`quantize_`). torchao
 0.18's int8 path was measured 50x slower than fp32 on an AVX2 CPU (docs/performance.md), so
 the ops shipped inside torch are used; nothing beyond torch is needed.
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protlm.models.layers import gelu
+from protlm.models.layers import MultiheadAttention, gelu
 
 # Weights use 7 bits ([-63, 63], zero point 0) so activations can use all 8: FBGEMM and oneDNN
 # sum pairs of uint8 x int8 products in saturating int16 on CPUs without VNNI, and
@@ -67,7 +68,7 @@ def quantize_weight(w_OI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class PerTokenInt8:
     """The kernel behind Int8Linear: y = x W^T + b, W int8 per output channel (packed once), x
     quantized per token on each call. A plain object, not a module: it holds no state of its own
-    that a state dict should see (`Int8Linear` and `FusedQKV` build it from their buffers).
+    that a state dict should see (`Int8Linear` and `Int8MultiheadAttention` build it from their buffers).
 
     Each token's row is mapped onto [-1, 1] (x = c + h * u, one pass, clamped) and one more row
     holding exactly -1 and +1 is appended, so the kernel's own per-call range is always [-1, 1]:
@@ -137,26 +138,39 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
 
 
-class FusedQKV:
-    """q, k and v projections of one attention in one int8 kernel call: one quantization pass
-    over x instead of three and one wider GEMM. Per-output-channel scales make the fused
-    weights exactly the three quantized ones stacked, so results equal three separate calls
-    (to fp32 rounding: on several threads oneDNN may split the wider GEMM differently).
-    Set as `MultiheadAttention.fused_qkv` by `quantize_`; built lazily from the three modules'
-    buffers, and again after any of them loads new ones."""
+class Int8MultiheadAttention(MultiheadAttention):
+    """The attention module of an int8 model: q, k and v from one int8 kernel call (one
+    quantization pass over x instead of three, one wider GEMM). Per-output-channel scales make
+    the fused weights exactly the three quantized ones stacked, so results equal three separate
+    calls (to fp32 rounding: on several threads oneDNN may split the wider GEMM differently).
 
-    def __init__(self, q: Int8Linear, k: Int8Linear, v: Int8Linear):
-        self.parts, self._kernel, self._versions = (q, k, v), None, None
+    `quantize_` swaps it in for each MultiheadAttention whose projections are Int8Linear; the
+    q/k/v modules stay (their buffers are the state), the fused kernel is built from them on
+    first use and again after any of them loads new buffers."""
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        versions = tuple(m.version for m in self.parts)
-        if self._kernel is None or versions != self._versions:
-            q, k, v = self.parts
-            bias = None if q.bias is None else torch.cat([m.bias for m in self.parts])
-            self._kernel = PerTokenInt8(torch.cat([m.weight_int8 for m in self.parts]),
-                                        torch.cat([m.weight_scale for m in self.parts]), bias)
+    @classmethod
+    def from_attention(cls, attn: MultiheadAttention) -> "Int8MultiheadAttention":
+        """The same attention (same submodules, options and training flag) with a fused int8 q/k/v."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for name, value in vars(attn).items():  # plain options: dims, scaling, dropout
+            if not name.startswith("_") and name != "training":
+                setattr(new, name, value)
+        for name, module in attn.named_children():
+            setattr(new, name, module)
+        new.train(attn.training)
+        new._fused, new._versions = None, None
+        return new
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        versions = tuple(m.version for m in parts)
+        if self._fused is None or versions != self._versions:
+            bias = None if self.q_proj.bias is None else torch.cat([m.bias for m in parts])
+            self._fused = PerTokenInt8(torch.cat([m.weight_int8 for m in parts]),
+                                       torch.cat([m.weight_scale for m in parts]), bias)
             self._versions = versions
-        return self._kernel(x).split([m.out_features for m in self.parts], dim=-1)
+        return self._fused(x).split([m.out_features for m in parts], dim=-1)
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -186,9 +200,11 @@ def quantize_(model: nn.Module, stored: dict[str, torch.Tensor] | None = None) -
                                  f"the model's {tuple(linear.weight.shape)}")
         setattr(parent, attr, Int8Linear(q, scale, linear.bias))
         state[f"{name}.weight_int8"], state[f"{name}.weight_scale"] = q, scale
-    for module in model.modules():
-        if all(isinstance(getattr(module, f"{p}_proj", None), Int8Linear) for p in "qkv"):
-            module.fused_qkv = FusedQKV(module.q_proj, module.k_proj, module.v_proj)
+    for name, module in list(model.named_modules()):
+        if type(module) is MultiheadAttention and all(
+                isinstance(getattr(module, f"{p}_proj"), Int8Linear) for p in "qkv"):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, Int8MultiheadAttention.from_attention(module))
         if getattr(module, "act", None) is gelu:
             # The same erf GELU in one fused pass (the written-out form that matches fair-esm to
             # the last bit makes five): 4x faster, within 5e-7, far below int8's own error.

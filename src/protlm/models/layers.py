@@ -3,8 +3,8 @@
 Parameter names follow fair-esm (q_proj, self_attn_layer_norm, fc1, ...) so published
 state dicts map onto these modules with only prefix changes. The T5 variant is the same layer
 with other options: RMS norm, no biases, no query scaling, ReLU or gated FFN, an additive
-relative-position bias. Layout is (B, L, D), or (N, D) for a
-packed batch (sequences concatenated, described by a `Packing`; see protlm.models.packing).
+relative-position bias. Activations are (B, T, D) for a padded batch or (N, D) for a packed
+one; a layout object (protlm.models.layout) says which, and picks the attention kernel.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protlm.models.packing import Packing
-from protlm.models.varlen import varlen_attention
+from protlm.models.layout import Layout
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -82,32 +81,21 @@ class RelativePositionBias(nn.Embedding):
 
 
 class LearnedPositionalEmbedding(nn.Embedding):
-    """ESM-1b positions: index = padding_idx + 1 + position, padding tokens get padding_idx."""
+    """ESM-1b positions: row padding_idx + 1 + position, padding tokens get row padding_idx."""
 
     def __init__(self, max_positions: int, embed_dim: int, padding_idx: int):
         # fairseq reserves rows 0..padding_idx, hence the offset (1026 rows for ESM-1b).
         super().__init__(max_positions + padding_idx + 1, embed_dim, padding_idx)
         self.max_positions = max_positions
 
-    def forward(self, tokens_BL: torch.Tensor) -> torch.Tensor:
-        if tokens_BL.size(1) > self.max_positions:
+    def forward(self, layout: Layout) -> torch.Tensor:
+        """(B, T, D) or (N, D): the embedding of every token's position in its sequence."""
+        if layout.max_seqlen > self.max_positions:
             raise ValueError(
-                f"sequence of {tokens_BL.size(1)} tokens exceeds the model's "
+                f"sequence of {layout.max_seqlen} tokens exceeds the model's "
                 f"{self.max_positions} positions (BOS/EOS included)"
             )
-        mask = tokens_BL.ne(self.padding_idx).int()
-        positions = (torch.cumsum(mask, dim=1) * mask).long() + self.padding_idx
-        return super().forward(positions)
-
-    def forward_packed(self, packing: Packing) -> torch.Tensor:
-        """(N, D) embeddings of a packed batch: positions restart at every sequence's BOS."""
-        if packing.max_seqlen > self.max_positions:
-            raise ValueError(
-                f"sequence of {packing.max_seqlen} tokens exceeds the model's "
-                f"{self.max_positions} positions (BOS/EOS included)"
-            )
-        # The same offset as the padded path: its cumsum gives padding_idx + 1 at BOS.
-        return super().forward(packing.positions_N + self.padding_idx + 1)
+        return super().forward(layout.position_ids(self.padding_idx))
 
 
 class RotaryEmbedding(nn.Module):
@@ -119,43 +107,33 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
         self.register_buffer("inv_freq", inv_freq)
 
-    def _cos_sin(self, length: int, device, dtype):
-        t = torch.arange(length, device=device, dtype=self.inv_freq.dtype)
-        freqs = torch.outer(t, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hd)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     @staticmethod
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + self._rotate_half(x) * sin
-
-    def forward(self, q_BHLd: torch.Tensor, k_BHLd: torch.Tensor):
-        cos, sin = self._cos_sin(q_BHLd.size(-2), q_BHLd.device, q_BHLd.dtype)
-        return self._rotate(q_BHLd, cos, sin), self._rotate(k_BHLd, cos, sin)
-
-    def forward_packed(self, q_NHd: torch.Tensor, k_NHd: torch.Tensor, packing: Packing):
-        """Rotary on a packed batch: each token rotated by its position within its sequence."""
-        cos, sin = self._cos_sin(packing.max_seqlen, q_NHd.device, q_NHd.dtype)
-        # Rows of the table the padded path would use, gathered per token; (N, 1, hd) over heads.
-        cos, sin = cos[packing.positions_N].unsqueeze(1), sin[packing.positions_N].unsqueeze(1)
-        return self._rotate(q_NHd, cos, sin), self._rotate(k_NHd, cos, sin)
+    def forward(self, q_XHd: torch.Tensor, k_XHd: torch.Tensor, positions_X: torch.Tensor, max_seqlen: int):
+        """q, k (..., T or N, H, hd) rotated by each token's position (T,) or (N,), all below
+        `max_seqlen` (a host number: the table is built without reading the device)."""
+        t = torch.arange(max_seqlen, device=q_XHd.device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hd)
+        # the table's rows for each token, (T or N, 1, hd): broadcast over heads (and batch)
+        cos = emb.cos().to(q_XHd.dtype)[positions_X].unsqueeze(-2)
+        sin = emb.sin().to(q_XHd.dtype)[positions_X].unsqueeze(-2)
+        return q_XHd * cos + self._rotate_half(q_XHd) * sin, k_XHd * cos + self._rotate_half(k_XHd) * sin
 
 
 class MultiheadAttention(nn.Module):
-    """Self-attention used by every model.
+    """Self-attention used by every model, in any layout (protlm.models.layout).
 
-    SDPA on the fast path; the explicit softmax path runs only when the caller asks for the
-    attention maps (contacts, `need_head_weights`). Given a `packing`, the input is a packed
-    (N, D) batch and a varlen kernel confines attention to each sequence: `packing.attention_backend`,
-    or the first usable one (protlm.models.varlen.select_backend).
+    The layout picks the kernel: SDPA over a padded batch, the explicit softmax when the caller
+    asks for the attention maps (contacts, `need_head_weights`), a varlen kernel over a packed
+    batch. INT8 inference swaps this module for protlm.models.int8.Int8MultiheadAttention,
+    which overrides `project_qkv` only.
 
     T5 options: `head_dim` independent of embed_dim (inner width H * head_dim), `bias=False`,
-    `scale_queries=False` (T5 folds 1/sqrt(d) into its initialisation, so its scores are unscaled),
-    and an additive `attn_bias` (relative positions) in `forward`.
+    `scale_queries=False` (T5 folds 1/sqrt(d) into its initialisation, so its scores are unscaled).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, rotary: bool = False, dropout: float = 0.0,
@@ -171,78 +149,22 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, inner, bias=bias)
         self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
         self.rot_emb = RotaryEmbedding(self.head_dim) if rotary else None
-        self.fused_qkv = None  # int8 (models/int8.py): q, k and v from one kernel call
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.fused_qkv is not None:
-            return self.fused_qkv(x)
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def _heads(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x_BLD.shape
-        return x_BLD.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-
-    def forward(
-        self,
-        x_BLD: torch.Tensor,
-        key_padding_mask_BL: torch.Tensor | None = None,
-        need_weights: bool = False,
-        packing: Packing | None = None,
-        attn_bias: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (out (B, L, D), attention probabilities (B, H, L, L) or None).
-
-        With `packing`, x is (N, D) and so is the output; maps are never returned then.
-        attn_bias: float, broadcastable to (B, H, L, L), added to the scores (T5 positions).
-        """
-        if packing is not None:
-            if need_weights or key_padding_mask_BL is not None or attn_bias is not None:
-                raise ValueError("a packed batch has no padding mask, attention bias or attention "
-                                 "maps; use the padded layout for these")
-            return self._forward_packed(x_BLD, packing), None
-        B, L, _ = x_BLD.shape
-        q, k, v = self._qkv(x_BLD)
+    def forward(self, x: torch.Tensor, layout: Layout, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) or (N, D) -> (out, same shape; probabilities (B, H, T, T) or None)."""
+        q, k, v = self.project_qkv(x)
         if self.scaling != 1.0:
             q = q * self.scaling  # before rotary, as in the reference (it matters for rounding)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        q, k, v = (layout.heads(t, self.num_heads) for t in (q, k, v))  # (..., H, hd)
         if self.rot_emb is not None:
-            q, k = self.rot_emb(q, k)
+            q, k = self.rot_emb(q, k, layout.positions, layout.max_seqlen)
         dropout_p = self.dropout if self.training else 0.0
-
-        if not need_weights:
-            mask = None
-            if key_padding_mask_BL is not None:
-                mask = ~key_padding_mask_BL[:, None, None, :]  # True = attend
-            if attn_bias is not None:  # one float mask: the bias, -inf at padded keys
-                mask = attn_bias if mask is None else attn_bias.masked_fill(~mask, float("-inf"))
-                mask = mask.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0)
-            probs = None
-        else:
-            scores = q @ k.transpose(-1, -2)  # (B, H, L, L)
-            if attn_bias is not None:
-                scores = scores + attn_bias
-            if key_padding_mask_BL is not None:
-                scores = scores.masked_fill(key_padding_mask_BL[:, None, None, :], float("-inf"))
-            # Softmax in fp32 whatever the compute dtype, as the reference does.
-            probs = torch.softmax(scores.float(), dim=-1)
-            out = F.dropout(probs.type_as(v), p=dropout_p, training=self.training) @ v
-        out = out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)
-        return self.out_proj(out), probs
-
-    def _forward_packed(self, x_ND: torch.Tensor, packing: Packing) -> torch.Tensor:
-        N = x_ND.shape[0]
-        H, hd = self.num_heads, self.head_dim
-        q, k, v = self._qkv(x_ND)
-        q = (q * self.scaling).view(N, H, hd)  # scaled before rotary, as above
-        k, v = k.view(N, H, hd), v.view(N, H, hd)
-        if self.rot_emb is not None:
-            q, k = self.rot_emb.forward_packed(q, k, packing)
-        dropout_p = self.dropout if self.training else 0.0
-        # No record of the kernel on the module: an attribute written here is a side effect that
-        # torch.compile cannot keep inside an activation-checkpointed layer (the graph would break).
-        out, _ = varlen_attention(q, k, v, packing, dropout_p, packing.attention_backend)
-        return self.out_proj(out.reshape(N, H * hd))
+        out, probs = layout.attend(q, k, v, dropout_p, need_weights)
+        return self.out_proj(out.flatten(-2)), probs
 
 
 def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -283,18 +205,15 @@ class TransformerLayer(nn.Module):
         self.dropout = dropout
         self.clamp_half = clamp_half
 
-    def forward(self, x_BLD, key_padding_mask_BL=None, need_weights: bool = False,
-                packing: Packing | None = None, attn_bias: torch.Tensor | None = None):
-        """x (B, L, D), or (N, D) with `packing`: everything but attention is per token."""
-        h, attn = self.self_attn(self.self_attn_layer_norm(x_BLD), key_padding_mask_BL, need_weights,
-                                 packing, attn_bias)
-        x_BLD = self._residual(x_BLD, h)
-        x_ln = self.final_layer_norm(x_BLD)
+    def forward(self, x: torch.Tensor, layout: Layout, need_weights: bool = False):
+        """x (B, T, D) or (N, D), as `layout` says: everything but attention is per token."""
+        h, attn = self.self_attn(self.self_attn_layer_norm(x), layout, need_weights)
+        x = self._residual(x, h)
+        x_ln = self.final_layer_norm(x)
         h = self.act(self.fc1(x_ln))
         if self.fc1_linear is not None:
             h = h * self.fc1_linear(x_ln)
-        x_BLD = self._residual(x_BLD, self.fc2(h))
-        return x_BLD, attn
+        return self._residual(x, self.fc2(h)), attn
 
     def _residual(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         x = x + F.dropout(h, self.dropout, self.training)

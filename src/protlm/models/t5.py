@@ -23,6 +23,7 @@ from protlm.models.config import T5Config
 from protlm.models.encoder import resolve_layers, run_encoder
 from protlm.models.heads import ContactPredictionHead
 from protlm.models.layers import RMSNorm, RelativePositionBias, TransformerLayer
+from protlm.models.layout import Padded
 
 
 class T5Encoder(nn.Module):
@@ -79,12 +80,11 @@ class T5Encoder(nn.Module):
         if cu_seqlens is not None:
             raise InputError("the T5 encoder runs padded batches only (relative positions need "
                              "per-pair biases that the packed kernels do not take)")
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         x = self.embed_tokens(tokens)  # T5 does not scale its embeddings
         # Positions are column indices: rows are right-padded, so each starts at 0.
-        bias_1HTT = self.relative_attention_bias(tokens.size(1)).to(x.dtype)
-        _, result = run_encoder(self, tokens, x, repr_layers, need_head_weights, return_contacts, bias_1HTT)
+        bias_1HTT = self.relative_attention_bias(tokens.size(-1)).to(x.dtype)
+        layout = Padded.of(tokens, self.padding_idx, attn_bias=bias_1HTT)
+        _, result = run_encoder(self, x, layout, repr_layers, need_head_weights, return_contacts, tokens)
         return result
 
     def resolve_layers(self, repr_layers: Iterable[int]) -> list[int]:

@@ -20,8 +20,6 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from protlm.models.packing import Packing
-
 BACKENDS = ("flash_attn", "varlen_attn", "sdpa_loop")
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -80,9 +78,9 @@ def select_backend(device: torch.device, dtype: torch.dtype, dropout_p: float = 
 # Left out of torch.compile graphs: traced, the loop would unroll over this batch's boundaries and
 # recompile for every new batch; as it is, a compiled layer breaks its graph here and runs it eagerly.
 @torch.compiler.disable
-def _sdpa_loop(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch.Tensor:
+def _sdpa_loop(q_NHd, k_NHd, v_NHd, cu, max_seqlen: int, bounds, dropout_p: float) -> torch.Tensor:
     outs = []
-    for s, e in packing.bounds:
+    for s, e in bounds:
         if e == s:
             continue
         # (1, H, L, hd): CPU's fused SDPA kernel takes only 4-D inputs (3-D falls back to math).
@@ -92,30 +90,32 @@ def _sdpa_loop(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch
     return torch.cat(outs) if outs else torch.empty_like(q_NHd)
 
 
-def _flash_attn(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch.Tensor:
+def _flash_attn(q_NHd, k_NHd, v_NHd, cu, m: int, bounds, dropout_p: float) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
-    cu, m = packing.cu_seqlens, packing.max_seqlen
     return flash_attn_varlen_func(q_NHd, k_NHd, v_NHd, cu, cu, m, m, dropout_p=dropout_p, softmax_scale=1.0)
 
 
-def _varlen_attn(q_NHd, k_NHd, v_NHd, packing: Packing, dropout_p: float) -> torch.Tensor:
+def _varlen_attn(q_NHd, k_NHd, v_NHd, cu, m: int, bounds, dropout_p: float) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
-    cu, m = packing.cu_seqlens, packing.max_seqlen
     return varlen_attn(q_NHd, k_NHd, v_NHd, cu, cu, m, m, scale=1.0)
 
 
 _KERNELS = {"flash_attn": _flash_attn, "varlen_attn": _varlen_attn, "sdpa_loop": _sdpa_loop}
 
 
-def varlen_attention(q_NHd: torch.Tensor, k_NHd: torch.Tensor, v_NHd: torch.Tensor, packing: Packing,
-                     dropout_p: float = 0.0, backend: str | None = None) -> tuple[torch.Tensor, str]:
-    """Attention confined to each sequence of a packed batch -> (out (N, H, hd), backend that ran)."""
+def varlen_attention(q_NHd: torch.Tensor, k_NHd: torch.Tensor, v_NHd: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, bounds: tuple[tuple[int, int], ...], dropout_p: float = 0.0,
+                     backend: str | None = None) -> tuple[torch.Tensor, str]:
+    """Attention confined to each sequence of a packed batch -> (out (N, H, hd), backend that ran).
+
+    cu_seqlens (B+1,) int32 and max_seqlen for the CUDA kernels; bounds, the same boundaries on
+    the host as (start, end) pairs, for the per-sequence loop (protlm.models.layout.Packed)."""
     # A backend named by the caller was already checked when the forward chose it (once, outside
     # the layers): looking it up again here would put a graph break in every compiled layer.
     name = backend if backend is not None else select_backend(q_NHd.device, q_NHd.dtype, dropout_p)
-    return _KERNELS[name](q_NHd, k_NHd, v_NHd, packing, dropout_p), name
+    return _KERNELS[name](q_NHd, k_NHd, v_NHd, cu_seqlens, max_seqlen, bounds, dropout_p), name
 
 
 __all__ = ["BACKENDS", "select_backend", "unusable_reason", "varlen_attention"]

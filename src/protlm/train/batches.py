@@ -24,7 +24,7 @@ from protlm.alphabet import Alphabet
 from protlm.data.index import FastaIndex
 from protlm.data.masking import IGNORE_INDEX, mask_tokens
 from protlm.data.sampler import BatchPlan, crop_window, iter_positions
-from protlm.models.packing import cu_seqlens_from_lengths
+from protlm.models.layout import cu_seqlens_from_lengths
 
 
 class MLMBatch(NamedTuple):
