@@ -3,9 +3,9 @@
 With the shipped `protlm_small` (real weights) and the data of ../shared/data:
   embeddings  some_proteins.fasta (15 proteins): min cosine of the last layer's mean embeddings,
               max |error| of the per-residue representations over max |fp32| and over their RMS
-  variants    BLAT_ECOLX masked-marginal scores of all DMS mutants (benchmarks/variants_eval.py):
+  variants    BLAT_ECOLX masked-marginal scores of all DMS mutants (scripts/variants_eval.py):
               Spearman of the int8 scores against the fp32 scores, and each against fitness
-  function    TEM-1 fitness (benchmarks/function_eval.py): the same ridge head and folds on fp32
+  function    TEM-1 fitness (scripts/function_eval.py): the same ridge head and folds on fp32
               and int8 mean embeddings, random 5-fold CV Spearman of each and the change
 The ESM-1b and ESM-2 650M shapes (random weights) are measured by bench_cpu_dtypes.py.
 
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from bench_cpu_dtypes import agreement  # noqa: E402
 from function_eval import DATA as TEM1  # noqa: E402
 from variants_eval import derive_wild_type, read_dms  # noqa: E402
@@ -40,7 +40,7 @@ def load(name: str, dtype: str):
 
 def embeddings(models: dict) -> dict:
     from protlm.data.fasta import load_fasta
-    from protlm.engine import Engine
+    from protlm.embed.engine import Engine
 
     seqs = [r.sequence for r in load_fasta(SOME)]
     outs = {}
@@ -52,15 +52,15 @@ def embeddings(models: dict) -> dict:
 
 
 def variants(models: dict) -> dict:
-    from protlm.tasks.variants import score_mutants
+    from protlm.variants.scoring import score_mutants
 
     wt = derive_wild_type()
     mutants, fitness = read_dms()
     scores, out = {}, {}
     for dt, (model, alphabet) in models.items():
         t0 = time.perf_counter()
-        scores[dt] = np.array(score_mutants(model, alphabet, wt, mutants, "masked-marginal", batch_size=16,
-                                            progress=False))
+        scores[dt] = np.array(score_mutants(model, alphabet, wt, mutants, "masked-marginal",
+                                            toks_per_batch=16 * (len(wt) + 2), progress=False))
         out[dt] = {"seconds": round(time.perf_counter() - t0, 1),
                    "spearman_vs_fitness": float(spearmanr(scores[dt], fitness)[0])}
         if dt != "fp32":
@@ -69,9 +69,10 @@ def variants(models: dict) -> dict:
 
 
 def function(models: dict, subsample: int, seed: int = 0) -> dict:
-    from protlm.tasks import evaluate, heads
-    from protlm.tasks.function_data import as_targets, load_fasta_labels
-    from protlm.tasks.pooling import embed_sequences
+    from protlm.function import cv as cvs, heads
+    from protlm.function.data import as_targets, load_fasta_labels
+    from protlm.function.pipeline import embed_sequences
+    from protlm.runtime.options import InferenceOptions
 
     data = load_fasta_labels(str(TEM1), label_field=2)
     y = as_targets(data, "regression", str(TEM1))
@@ -79,13 +80,13 @@ def function(models: dict, subsample: int, seed: int = 0) -> dict:
     if subsample:
         keep = np.sort(np.random.default_rng(seed).choice(len(y), subsample, replace=False))
     seqs, y = [data.sequences[i] for i in keep], y[keep]
-    folds = evaluate.fold_indices(len(y), 5, "regression", seed=seed)
+    folds = cvs.fold_indices(len(y), 5, "regression", seed=seed)
     fit = lambda xs, ys: heads.fit_head(xs, ys, "ridge", "regression", seed)  # noqa: E731
     out = {"n": len(seqs)}
     for dt, (model, alphabet) in models.items():
         t0 = time.perf_counter()
-        x = embed_sequences(model, alphabet, seqs, -1, "mean", 4096, progress=False)
-        cv = evaluate.cross_validate(x, y, "regression", fit, folds)
+        x = embed_sequences(model, alphabet, seqs, -1, "mean", InferenceOptions(progress=False))
+        cv = cvs.cross_validate(x, y, "regression", fit, folds)
         out[dt] = {"seconds": round(time.perf_counter() - t0, 1), "cv_spearman": cv["mean"]["spearman"]}
     for dt in models:
         if dt != "fp32":

@@ -36,10 +36,12 @@ def protlm_outputs(model, fasta: Path) -> dict[str, dict[str, torch.Tensor]]:
     """{id: {'mean': (D,), 'per_tok': (L, D)}} of the last layer, float32."""
     from protlm import Alphabet
     from protlm.embed import EmbedConfig, extract
+    from protlm.runtime.options import InferenceOptions
 
-    cfg = EmbedConfig(repr_layers=(-1,), include=("mean", "per_tok"), toks_per_batch=4096)
+    cfg = EmbedConfig(repr_layers=(-1,), include=("mean", "per_tok"))
     n = model.num_layers
-    return {r.id: {"mean": r.mean[n], "per_tok": r.per_tok[n]} for r in extract(model, Alphabet(), fasta, cfg)}
+    return {r.id: {"mean": r.mean[n], "per_tok": r.per_tok[n]}
+            for r in extract(model, Alphabet(), fasta, cfg, InferenceOptions(toks_per_batch=4096))}
 
 
 def agreement(ref: dict, out: dict) -> dict[str, float]:
@@ -52,7 +54,7 @@ def agreement(ref: dict, out: dict) -> dict[str, float]:
 
 
 def bench_family(family: str, layers: int | None, seqs, fasta: Path, repeats: int, dtypes=DTYPES) -> dict:
-    from protlm.embed import prepare_model
+    from protlm.runtime.precision import prepare_model
 
     cfg = protlm_config(family, layers)
     models = {"fair-esm fp32": build("fair-esm", cfg)}
@@ -102,7 +104,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from protlm.engine.precision import cpu_features, describe_features, probe
+    from protlm.runtime.precision import cpu_features, describe_features, probe
     from protlm.models.int8 import PACK_ENGINE, QMAX
 
     torch.set_num_threads(args.threads)

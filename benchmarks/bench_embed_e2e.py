@@ -27,7 +27,9 @@ import torch
 
 from protlm.alphabet import Alphabet
 from protlm.data.fasta import read_fasta, write_fasta
-from protlm.embed import EmbedConfig, embed_to_file, extract_batches, prepare_model
+from protlm.embed import EmbedConfig, embed_to_file, extract_batches
+from protlm.runtime.options import InferenceOptions
+from protlm.runtime.precision import prepare_model
 from protlm.models.config import esm2_config
 from protlm.models.esm import build_model
 
@@ -59,8 +61,9 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = build_model(esm2_config(args.layers, args.dim, args.heads), alphabet).eval()
     model = prepare_model(model, args.device, dtype, verbose=False)
-    cfg = EmbedConfig(repr_layers=(-1,), include=("mean",), toks_per_batch=args.toks_per_batch,
-                      compile=args.compile)
+    cfg = EmbedConfig(repr_layers=(-1,), include=("mean",), compile=args.compile)
+    opts = InferenceOptions(model="bench", device=args.device, dtype=dtype, toks_per_batch=args.toks_per_batch,
+                            progress=False)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -70,15 +73,14 @@ def main(argv=None) -> None:
         residues = sum(min(len(r.sequence), 1022) for r in recs)
 
         def engine() -> None:
-            for _ in extract_batches(model, alphabet, fasta, cfg):
+            for _ in extract_batches(model, alphabet, fasta, cfg, opts):
                 pass
 
         runs = iter(range(10**6))
 
         def command() -> None:
             out = tmp / f"out{next(runs)}.h5"
-            embed_to_file(fasta, "bench", out, cfg, device=args.device, dtype=dtype, progress=False,
-                          model_loader=lambda _: (model, alphabet))
+            embed_to_file(fasta, out, opts, cfg, model_loader=lambda _: (model, alphabet))
             out.unlink()
 
         times: dict[str, list[float]] = {"engine": [], "command": []}

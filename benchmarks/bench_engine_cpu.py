@@ -1,4 +1,4 @@
-"""protlm.engine on CPU: padded vs packed vs packed + torch.compile, same run, same weights.
+"""protlm.embed.engine on CPU: padded vs packed vs packed + torch.compile, same run, same weights.
 
 Input: every sequence of ../shared/data/sequences/some_proteins.fasta (15 real proteins, 71 to
 935 residues), ESM-2 8M shapes by default (random weights), last-layer mean embeddings, the
@@ -19,7 +19,7 @@ import torch
 
 from protlm import build_model
 from protlm.data.fasta import load_fasta
-from protlm.engine import Engine
+from protlm.embed.engine import Engine
 from protlm.models.config import esm2_config
 from protlm.models.layers import init_weights
 

@@ -11,7 +11,7 @@ Workloads
   (b) uniform  32 sequences x 371 residues, one batch
   (c) contacts one 1022-residue sequence with contacts: seconds and peak memory over weights
 
-Implementations (bf16): protlm-padded (protlm.engine, packed=False), protlm-packed,
+Implementations (bf16): protlm-padded (protlm.embed.engine, packed=False), protlm-packed,
 protlm-compiled (packed + torch.compile, token counts bucketed to 256; compile time reported
 apart, from the warm-up); fair-esm with bf16 weights (ESM-2) or fp32 weights under bf16
 autocast (ESM-1b: its LayerNorms and learned positions are not bf16-safe in fair-esm 2.0.0);
@@ -87,7 +87,7 @@ def build_all(cfg, device, dtype) -> dict:
 
 # ---------------------------------------------------------------- what each implementation runs
 def engines(model, compile_ok: bool) -> dict:
-    from protlm.engine import Engine
+    from protlm.embed.engine import Engine
 
     out = {"protlm-padded": Engine(model, toks_per_batch=TOKS, packed=False),
            "protlm-packed": Engine(model, toks_per_batch=TOKS)}
@@ -98,9 +98,9 @@ def engines(model, compile_ok: bool) -> dict:
 
 def padded_batches(seqs: list[str]) -> list[list[int]]:
     """fair-esm's extract.py batching: length-sorted, filled to TOKS padded tokens."""
-    from protlm.data.batching import token_budget_batches
+    from protlm.data.batching import budget_batches
 
-    return token_budget_batches([len(s) + 2 for s in seqs], TOKS)
+    return budget_batches([len(s) + 2 for s in seqs], TOKS)
 
 
 def reference_mean(name: str, model, dim: int, seqs: list[str], batches, device, autocast: bool) -> torch.Tensor:

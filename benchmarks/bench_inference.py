@@ -171,9 +171,10 @@ def run_mix(impl: str, model, seqs: list[tuple[str, str]], fasta: Path) -> dict[
     if impl == "protlm":
         from protlm import Alphabet
         from protlm.embed import EmbedConfig, extract
+        from protlm.runtime.options import InferenceOptions
 
-        cfg = EmbedConfig(repr_layers=(-1,), include=("mean",), toks_per_batch=TOKS_PER_BATCH)
-        return {r.id: r.mean[model.num_layers] for r in extract(model, Alphabet(), fasta, cfg)}
+        cfg, opts = EmbedConfig(repr_layers=(-1,), include=("mean",)), InferenceOptions(toks_per_batch=TOKS_PER_BATCH)
+        return {r.id: r.mean[model.num_layers] for r in extract(model, Alphabet(), fasta, cfg, opts)}
     import esm
 
     # fair-esm scripts/extract.py: length-sorted batches under a padded-token budget

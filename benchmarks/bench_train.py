@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from protlm.alphabet import Alphabet
 from protlm.data.index import FastaIndex
 from protlm.data.masking import IGNORE_INDEX
-from protlm.data.sampler import BatchPlan, pack_batches
+from protlm.data.batching import budget_batches
+from protlm.data.sampler import BatchPlan
 from protlm.models import build_model
 from protlm.models.layers import init_weights
 from protlm.train.batches import make_batch
@@ -105,7 +106,7 @@ def make_steps(fasta: str, cfg, n: int):
         costs = plan.costs
         order = rows[np.argsort(costs[rows], kind="stable")]
         micro = [make_batch(index, m, plan, 0, alphabet, cfg.data.mask_prob, packed=False)
-                 for m in pack_batches(costs, order, cfg.data.toks_per_batch)]
+                 for m in budget_batches(costs, cfg.data.toks_per_batch, order=order)]
         steps.append((packed, micro, torch.diff(packed.cu_seqlens).tolist()))
     return steps
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from protlm.embed import EmbedResult
-from protlm.embed_io import H5Output, PtOutput
-from protlm.engine import BackgroundWriter
+from protlm.embed.writers import H5Output, PtOutput
+from protlm.embed.engine import BackgroundWriter
 
 
 def main() -> None:

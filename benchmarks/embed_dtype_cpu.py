@@ -24,10 +24,11 @@ from bench_inference import build, load_mix, protlm_config  # noqa: E402
 
 def timed_means(model, alphabet, fasta: str, layer: int) -> tuple[float, dict[str, torch.Tensor]]:
     from protlm.embed import EmbedConfig, extract
+    from protlm.runtime.options import InferenceOptions
 
-    cfg = EmbedConfig(repr_layers=(-1,), include=("mean",), toks_per_batch=4096)
+    cfg = EmbedConfig(repr_layers=(-1,), include=("mean",))
     t0 = time.perf_counter()
-    out = {r.id: r.mean[layer] for r in extract(model, alphabet, fasta, cfg)}
+    out = {r.id: r.mean[layer] for r in extract(model, alphabet, fasta, cfg, InferenceOptions(toks_per_batch=4096))}
     return time.perf_counter() - t0, out
 
 
@@ -39,7 +40,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from protlm import Alphabet
-    from protlm.embed import prepare_model
+    from protlm.runtime.precision import prepare_model
 
     torch.set_num_threads(2)
     seqs = load_mix(args.n_mix)

@@ -38,6 +38,7 @@ def main():
 
     from protlm import build_model
     from protlm.embed import EmbedConfig, extract
+    from protlm.runtime.options import InferenceOptions
     from protlm.pretrained.registry import get
 
     p = argparse.ArgumentParser()
@@ -54,12 +55,13 @@ def main():
                               esm.Alphabet.from_architecture("ESM-1b"), token_dropout=True).eval()
     ref.load_state_dict(model.state_dict())
     n = cfg.num_layers
-    ecfg = EmbedConfig(repr_layers=(n,), include=("mean", "per_tok"), toks_per_batch=args.toks_per_batch)
+    ecfg = EmbedConfig(repr_layers=(n,), include=("mean", "per_tok"))
+    opts = InferenceOptions(toks_per_batch=args.toks_per_batch)
 
     times = {"protlm": [], "fair-esm": []}
     for _ in range(args.repeats):
         t = time.perf_counter()
-        ours = {r.id: r for r in extract(model, model.alphabet, args.fasta, ecfg)}
+        ours = {r.id: r for r in extract(model, model.alphabet, args.fasta, ecfg, opts)}
         times["protlm"].append(time.perf_counter() - t)
         t = time.perf_counter()
         theirs = fair_esm_extract(ref, esm.Alphabet.from_architecture("ESM-1b"), args.fasta, n,

@@ -5,7 +5,7 @@ family; this counts how much of that family the training set holds. Local alignm
 gap open 11, extend 1) of the query against every training record with Biopython's aligner:
 
     pip install biopython
-    python benchmarks/variants_eval.py --references-only --wt-out /tmp/bench/P62593_wt.fasta
+    python scripts/variants_eval.py --references-only --wt-out /tmp/bench/P62593_wt.fasta
     python benchmarks/training_homologs.py /tmp/bench/P62593_wt.fasta runs/data/cath_train.fasta \
         --exclude runs/data/cath_valid.fasta    # the 5% that `protlm train` holds out
 

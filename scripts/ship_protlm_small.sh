@@ -7,12 +7,12 @@
 #    the package (rotary buffers stay fp32);
 # 2. fits both contact heads (attention and bilinear) with `protlm contacts fit` on the training
 #    chains of ../shared/data/structures (every 3rd chain by PDB id is held out, as
-#    benchmarks/contacts_eval.py) and ships them beside the weights;
+#    scripts/contacts_eval.py) and ships them beside the weights;
 # 3. writes every evaluation figure under runs/eval/ (perplexities, contacts, function, variants).
 # It replaces the packaged weights and runs/eval/ in place: to evaluate a candidate that may not
 # ship, copy runs/eval/ aside first; `git checkout src/protlm/weights/protlm_small` restores the
 # shipped weights and heads. Compare the contact heads of two runs chain by chain with
-# benchmarks/compare_contacts.py (a change of the mean alone can be noise).
+# scripts/compare_contacts.py (a change of the mean alone can be noise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if (($#)); then ckpts=("$@"); else
@@ -42,10 +42,10 @@ protlm contacts fit --model protlm_small --head bilinear $train_files --output "
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small | tee runs/eval/ppl_cath.json
 python scripts/eval_perplexity.py configs/protlm_small.toml --model protlm_small \
     --fasta runs/data/msa_eval.fasta | tee runs/eval/ppl_msa.json
-python benchmarks/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
+python scripts/contacts_eval.py --model protlm_small --structures "$structs" | tee runs/eval/contacts.md
 protlm evaluate --models protlm_small --perplexity runs/data/cath_valid.fasta --structures "$structs" \
     --output runs/eval/compare.md
-python benchmarks/function_eval.py --model protlm_small --cache-dir runs/eval/cache --out runs/eval/function.json | tee runs/eval/function.txt
-python benchmarks/variants_eval.py --model protlm_small --methods masked-marginal wt-marginal \
+python scripts/function_eval.py --model protlm_small --cache-dir runs/eval/cache --out runs/eval/function.json | tee runs/eval/function.txt
+python scripts/variants_eval.py --model protlm_small --methods masked-marginal wt-marginal \
     --out runs/eval/variants.json \
     | tee runs/eval/variants.txt   # pseudo-ll: add --methods pseudo-ll --pll-subset 48 (about 15 min)

@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 
-from protlm.embed_h5 import EmbeddingsFile
+from protlm.embed.h5 import EmbeddingsFile
 
 
 def main(path: str) -> None:

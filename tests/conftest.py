@@ -28,12 +28,13 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 
 
 @pytest.fixture(scope="session")
-def load_benchmark():
-    """A loader: load_benchmark("bench_train") imports benchmarks/bench_train.py (the folder holds
-    scripts, not a package) as a module."""
+def load_script():
+    """A loader: load_script("bench_train") imports benchmarks/bench_train.py, load_script(
+    "compare_contacts") scripts/compare_contacts.py (the folders hold scripts, not packages)."""
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        path = next(p for p in (REPO / "benchmarks" / f"{name}.py", REPO / "scripts" / f"{name}.py") if p.is_file())
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -62,7 +63,7 @@ def debug_model():
 
 _HOLD = """
 import sys
-from protlm.lock import output_lock
+from protlm.io import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()

@@ -1,7 +1,9 @@
-"""protlm: protein language models (ESM-1b, ESM-2), exact, fast and safe."""
+"""protlm: protein language models (ESM-1b, ESM-2, ProtT5, CARP), exact, fast and safe.
 
-__version__ = "0.1.0"
+The public API; the layout of the package is described in docs/architecture.md.
+"""
 
+from protlm.version import __version__
 from protlm.alphabet import Alphabet, BatchConverter, InvalidSequenceError
 from protlm.data.masking import mask_tokens
 from protlm.models import ESM, ESM1b, ESM2, ESMConfig, build_model
@@ -13,8 +15,19 @@ __all__ = [
 ]
 
 
-def load_model_and_alphabet(name_or_path, **kwargs):
-    """(model, alphabet) from a published name, a fair-esm .pt, a HF folder or a protlm folder."""
-    from protlm.pretrained.load import load_model_and_alphabet as _load
+def load_model_and_alphabet(name_or_path, device=None, dtype=None):
+    """(model in eval mode, alphabet) from a published name, a fair-esm .pt, an HF folder or a
+    protlm folder (protlm.pretrained.load), on `device`.
 
-    return _load(name_or_path, **kwargs)
+    `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
+    (protlm.runtime.precision; int8 weights are cached after the first quantization).
+    """
+    from protlm.pretrained.load import load_model
+    from protlm.runtime.precision import prepare_model
+
+    model = load_model(name_or_path)
+    if dtype is not None:
+        model = prepare_model(model, str(device or "cpu"), dtype, source=str(name_or_path))
+    elif device is not None:
+        model = model.to(device)
+    return model.eval(), model.alphabet

@@ -8,8 +8,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("bench_train")
+def bench(load_script):
+    return load_script("bench_train")
 
 
 def test_gpu_preset(bench):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import _carp_ref as R
 from protlm.cli.main import cli
-from protlm.embed_h5 import EmbeddingsFile
+from protlm.embed.h5 import EmbeddingsFile
 
 SEQS = {"a": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "b": "KALTARQQEVFDLIRD", "c": "MKVLAAGIVGALLA" * 5}
 

@@ -65,8 +65,8 @@ def test_fit_then_predict_and_eval(setup):
 
     r = _run("eval", "--model", model_dir, "--structures", structs)
     assert r.exit_code == 0, r.output
-    lines = r.output.splitlines()
-    assert lines[0].startswith("| protein | L | short P@L") and "| 1l2y:A | 20 |" in r.output
+    lines = r.stdout.splitlines()  # the table alone (progress goes to stderr)
+    assert lines[0].startswith("| protein | L | short P@L") and "| 1l2y:A | 20 |" in r.stdout
     assert "**mean (2)**" in lines[-1]
     csv = root / "eval.csv"
     r = _run("eval", "--model", model_dir, "--head", "bilinear", "--structures", structs / "2axd.cif",
@@ -156,7 +156,7 @@ def test_predict_refused_while_another_process_writes_the_folder(setup, capsys):
     import os
 
     from protlm.cli.main import main
-    from protlm.lock import output_lock
+    from protlm.io import output_lock
 
     root, model_dir, structs, fasta = setup
     out = root / "locked"
@@ -175,7 +175,7 @@ AWKWARD = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]  # used to share 'a_b'; '
 
 
 def test_predict_gives_every_id_its_own_files(setup):
-    from protlm.records import record_stem
+    from protlm.io import record_stem
 
     root, model_dir, structs, fasta = setup
     seqs = ["MKTAYIAKQR", "GSHMLEDPVA", "MKVLAAGIVG", "ACDEFGHIKL"]

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from protlm import build_model
 from protlm.cli.main import cli
 from protlm.data.fasta import read_fasta, write_fasta
-from protlm.embed_h5 import EmbeddingsFile
-from protlm.embed_io import read_h5, read_h5_meta, read_pt
+from protlm.embed.h5 import EmbeddingsFile
+from protlm.embed.h5 import read as read_h5, read_file_meta as read_h5_meta
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
 
@@ -58,7 +58,7 @@ def test_h5_and_pt_hold_the_same_numbers(tmp_path, shared_data, models):
     assert r.exit_code == 0, r.output
     h5 = read_h5(tmp_path / "e.h5")
     for rec in read_fasta(fasta):
-        pt = read_pt(tmp_path / "pt" / f"{rec.id}.pt")
+        pt = torch.load(tmp_path / "pt" / f"{rec.id}.pt", weights_only=True)
         assert set(pt) == {"label", "representations", "mean_representations", "bos_representations",
                            "contacts", "sequence_sha256"}
         assert pt["sequence_sha256"] == hashlib.sha256(rec.sequence.encode()).hexdigest()
@@ -251,7 +251,7 @@ def test_two_concurrent_embeds_one_refused_output_complete(tmp_path, shared_data
 
 
 def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
-    from protlm.records import record_stem
+    from protlm.io import record_stem
 
     ids = ["a/b", "a_b", "..", "sp|P0|" + "long" * 80]
     fasta = tmp_path / "in.fasta"
@@ -260,14 +260,14 @@ def test_pt_format_gives_every_id_its_own_file(tmp_path, models):
     assert r.exit_code == 0, r.output
     assert "4 records written" in r.output
     for n, rid in enumerate(ids):
-        d = read_pt(tmp_path / "pt" / f"{record_stem(rid)}.pt")
+        d = torch.load(tmp_path / "pt" / f"{record_stem(rid)}.pt")
         assert d["label"] == f"{rid} record {n}" and d["mean_representations"][2].shape == (64,)
     assert len(list((tmp_path / "pt").glob("*.pt"))) == 4
     r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "pt", "--format", "pt")
     assert "0 records written, 4 already" in r.output
     r = run(fasta, "--model", models / "esm2", "--output", tmp_path / "e.h5")  # IDs are data in HDF5
     assert r.exit_code == 0, r.output
-    h5, pt = read_h5(tmp_path / "e.h5"), {rid: read_pt(tmp_path / "pt" / f"{record_stem(rid)}.pt") for rid in ids}
+    h5, pt = read_h5(tmp_path / "e.h5"), {rid: torch.load(tmp_path / "pt" / f"{record_stem(rid)}.pt") for rid in ids}
     assert sorted(h5) == sorted(ids)
     for rid in ids:
         np.testing.assert_array_equal(h5[rid]["mean"][0], pt[rid]["mean_representations"][2].numpy())
@@ -295,9 +295,9 @@ def test_changed_sequence_is_refused_or_recomputed(tmp_path, models, capsys, fmt
     def read(path):
         if fmt == "h5":
             return read_h5(path)
-        from protlm.records import record_stem
+        from protlm.io import record_stem
 
-        return {rid: read_pt(path / f"{record_stem(rid)}.pt") for rid in ("a", "b")}
+        return {rid: torch.load(path / f"{record_stem(rid)}.pt") for rid in ("a", "b")}
 
     def snapshot():
         files = [out] if out.is_file() else sorted(out.iterdir())
@@ -350,9 +350,9 @@ def test_truncation_is_announced_once_and_recorded_per_record(tmp_path, shared_d
     r = run(fasta, *opts, "--output", tmp_path / "pt", "--format", "pt")
     assert r.exit_code == 0 and r.stderr.count("warning: 3 of 4 records") == 1
     for rid, n in lengths.items():
-        d = read_pt(tmp_path / "pt" / f"{rid}.pt")
+        d = torch.load(tmp_path / "pt" / f"{rid}.pt", weights_only=True)
         assert d["truncated_from"] == n and d["representations"][2].shape == (32, 64)
-    assert "truncated_from" not in read_pt(tmp_path / "pt" / "short.pt")
+    assert "truncated_from" not in torch.load(tmp_path / "pt" / "short.pt", weights_only=True)
 
     r = run(fasta, *opts, "--output", tmp_path / "w.h5", "--long", "window")
     assert r.exit_code == 0 and "warning" not in r.stderr

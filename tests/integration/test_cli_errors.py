@@ -16,8 +16,9 @@ import torch
 from protlm import build_model
 from protlm.cli.main import main
 from protlm.data.fasta import FastaError, read_fasta
-from protlm.embed_io import read_h5
-from protlm.pretrained.load import CheckpointError, load_model_and_alphabet
+from protlm.embed.h5 import read as read_h5
+from protlm.pretrained.checkpoint import CheckpointError
+from protlm.pretrained.load import load_model_and_alphabet
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
 
@@ -197,12 +198,12 @@ def test_unknown_model_name(capsys, files):
 
 def test_a_bug_keeps_its_traceback(files, head, monkeypatch):
     """Only ProtlmError is reported as a user error; a plain ValueError is a bug and propagates."""
-    import protlm.tasks.function
+    import protlm.function.pipeline
 
     def buggy(*args, **kwargs):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(protlm.tasks.function, "predict_function", buggy)
+    monkeypatch.setattr(protlm.function.pipeline, "predict_function", buggy)
     with pytest.raises(ValueError, match="a bug"):
         main(["function", "predict", str(files / "good.fasta"), "--head", str(head), "-o", str(files / "p.csv")])
 

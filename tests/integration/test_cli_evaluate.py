@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from protlm.cli.main import cli
 from protlm.data.fasta import read_fasta, write_fasta
 from protlm.evaluate.run import EvalSettings, parts_dir, run_evaluation
-from protlm.lock import OutputLockedError
+from protlm.io import OutputLockedError
 from protlm.pretrained.protlm_format import save_protlm
 
 NAMES = ("1k6p", "1l2y", "2axd", "4gxy")  # chains 1k6p:A, 1l2y:A fit a head; 2axd:S is scored; 4gxy is RNA

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from protlm import build_model
 from protlm.cli.main import cli
-from protlm.embed_io import read_h5, read_h5_meta
+from protlm.embed.h5 import read as read_h5, read_file_meta as read_h5_meta
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS
 

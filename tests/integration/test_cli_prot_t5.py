@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from protlm import load_model_and_alphabet
 from protlm.cli.main import cli
-from protlm.embed_h5 import EmbeddingsFile
+from protlm.embed.h5 import EmbeddingsFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 import _writers as W  # noqa: E402
@@ -96,7 +96,7 @@ def test_contacts_fit_attention_then_predict(tmp_path, t5_dir, shared_data):
     m = np.load(out / "1l2y.npy")
     assert m.shape == (len(seq), len(seq)) and np.allclose(m, m.T, atol=1e-6) and m.std() > 0
     # the map is the fitted head over residues only (no BOS to strip; </s> stripped)
-    from protlm.contacts.fit import load_contact_regression
+    from protlm.pretrained.contact_regression import load_contact_regression
 
     model, alphabet = load_model_and_alphabet(model_dir)
     load_contact_regression(model, reg)

@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from protlm.cli.main import cli
-from protlm.contacts.fit import save_regression
+from protlm.pretrained.contact_regression import save_regression
 from protlm.pretrained.protlm_format import save_protlm
 
 NOTE = "warning: this model has no fitted contact regression"

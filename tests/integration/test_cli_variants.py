@@ -25,7 +25,7 @@ def inputs(tmp_path, shared_data, debug_model):
 def _library_scores(inputs, mutants, method):
     """The same scores from the library call on the same model and wild type."""
     from protlm import load_model_and_alphabet
-    from protlm.tasks.variants import score_mutants
+    from protlm.variants.scoring import score_mutants
 
     model, alphabet = load_model_and_alphabet(inputs / "dbg")
     wt = (inputs / "wt.fasta").read_text().splitlines()[1]
@@ -87,7 +87,7 @@ def test_pseudo_ll_cli_leaves_no_store_behind(inputs):
     out = inputs / "pll.csv"
     r = CliRunner().invoke(cli, ["variants", "score", "--model", str(inputs / "dbg"), "--sequence",
                                  str(inputs / "wt.fasta"), "--mutations", str(muts), "--method",
-                                 "pseudo-ll", "--batch-size", "64", "--output", str(out), "--no-progress"])
+                                 "pseudo-ll", "--toks-per-batch", "4096", "--output", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     with open(out) as f:
         got = list(csv.DictReader(f))
@@ -101,7 +101,7 @@ def test_score_refused_while_another_process_writes_the_output(inputs, capsys):
     import os
 
     from protlm.cli.main import main
-    from protlm.lock import output_lock
+    from protlm.io import output_lock
 
     out = inputs / "scored.csv"
     out.write_text("mutant,masked-marginal\nfrom,an earlier run\n")

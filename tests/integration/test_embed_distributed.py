@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from protlm.cli.main import cli
-from protlm.embed_io import read_h5, read_h5_info, read_pt
+from protlm.embed.h5 import read as read_h5, read_info as read_h5_info
 from test_cli_embed import beta_lactamase_fasta, models  # noqa: F401 - the models fixture
 
 pytestmark = pytest.mark.distributed
@@ -84,7 +84,7 @@ def test_two_ranks_equal_one_process_exactly(tmp_path, shared_data, models):  # 
     names = sorted(q.name for q in (tmp_path / "one_pt").iterdir())
     assert names == sorted(q.name for q in (tmp_path / "two_pt").iterdir()) and len(names) == 16
     for name in names[:-1]:  # the last is protlm_embed.json
-        a, b = read_pt(tmp_path / "one_pt" / name), read_pt(tmp_path / "two_pt" / name)
+        a, b = torch.load(tmp_path / "one_pt" / name, weights_only=True), torch.load(tmp_path / "two_pt" / name, weights_only=True)
         assert a.keys() == b.keys() and a["label"] == b["label"]
         for k in ("representations", "mean_representations", "bos_representations"):
             for layer in (0, 2):

@@ -14,7 +14,7 @@ import torch
 import _writers as W
 from protlm import Alphabet
 from protlm.data.fasta import load_fasta
-from protlm.pretrained.load import load_model_and_alphabet
+from protlm import load_model_and_alphabet
 
 TOL = 1e-5
 

@@ -8,11 +8,12 @@ import torch
 import _carp_ref as R
 from protlm import Alphabet
 from protlm.alphabet import InvalidSequenceError
-from protlm.engine import Engine
+from protlm.embed.engine import Engine
 from protlm.errors import InputError
 from protlm.models.carp import CARP, CARPConfig, carp_config
 from protlm.pretrained import registry
-from protlm.pretrained.load import CheckpointError, load_model_and_alphabet
+from protlm.pretrained.checkpoint import CheckpointError
+from protlm.pretrained.load import load_model_and_alphabet
 
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "KALTARQQEVFDLIRD", "MKV", "ACDEFGHIKLMNPQRSTVWYBZXJOU"]
 
@@ -173,7 +174,7 @@ def test_long_sequences_window_truncate_or_stop():
 
 
 def test_int8_quantizes_pointwise_layers_and_bf16_runs():
-    from protlm.engine.precision import prepare_model
+    from protlm.runtime.precision import prepare_model
     from protlm.models.int8 import Int8Linear
 
     tokens = Alphabet.carp().get_batch_converter()([("x", s) for s in SEQS])[2]
@@ -191,7 +192,7 @@ def test_int8_quantizes_pointwise_layers_and_bf16_runs():
 
 
 def test_masked_marginal_is_the_log_ratio_at_the_masked_position():
-    from protlm.tasks.variants import score_mutants
+    from protlm.variants.scoring import score_mutants
 
     model, wt = debug_model(), SEQS[0]
     [mm] = score_mutants(model, model.alphabet, wt, ["K2A"], "masked-marginal")

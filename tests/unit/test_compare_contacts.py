@@ -1,4 +1,4 @@
-"""benchmarks/compare_contacts.py reads the per-protein tables that contacts_eval.py prints
+"""scripts/compare_contacts.py reads the per-protein tables that contacts_eval.py prints
 (PrecisionTable.to_markdown) and pairs them chain by chain."""
 
 import pytest
@@ -7,8 +7,8 @@ from protlm.contacts.metrics import PrecisionTable
 
 
 @pytest.fixture(scope="module")
-def cmp(load_benchmark):
-    return load_benchmark("compare_contacts")
+def cmp(load_script):
+    return load_script("compare_contacts")
 
 
 def output(values: dict[str, list[float]]) -> str:

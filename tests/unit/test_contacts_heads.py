@@ -9,10 +9,10 @@ import torch
 from protlm import build_model
 from protlm.contacts import pipeline
 from protlm.contacts.bilinear import BilinearTrainConfig, load_bilinear, save_bilinear
-from protlm.contacts.fit import load_contact_regression, read_regression, save_regression
+from protlm.pretrained.contact_regression import load_contact_regression, read_regression, save_regression
 from protlm.contacts.predict import attention_contacts, attention_features, predict_contacts
 from protlm.pretrained.registry import DEBUG_CONFIGS
-from protlm.windows import merge_2d, window_spans
+from protlm.data.windows import merge_2d, window_spans
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from protlm.dtypes import canonical, cast_parameters_, parse_dtype
-from protlm.embed import prepare_model
+from protlm.runtime.precision import prepare_model
 from protlm.errors import ProtlmError
 
 
@@ -23,7 +23,7 @@ def test_inference_cast_keeps_rotary_buffers_fp32(debug_model, dtype):
     assert {p.dtype for p in model.parameters()} == {parse_dtype(dtype)}
     # positions past 256 are exact: a bf16 inv_freq/arange would round them
     rot = model.layers[0].self_attn.rot_emb
-    cos, _ = rot._cos_sin(600, "cpu", torch.float32)
+    cos, _ = rot.table(600, "cpu", torch.float32)
     want = torch.cos(torch.outer(torch.arange(600.0), rot.inv_freq))
     torch.testing.assert_close(cos[:, : want.shape[1]], want)
 

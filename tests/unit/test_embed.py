@@ -11,11 +11,14 @@ from protlm.errors import ProtlmError
 
 from protlm import build_model
 from protlm.data.fasta import load_fasta, write_fasta
-from protlm.embed import (EmbedConfig, EmbedError, check_lengths, extract, prepare_model,
-                          scan_fasta)
+from protlm.embed.pipeline import EmbedConfig, extract
+from protlm.embed.plan import EmbedError, check_lengths, scan_fasta
+from protlm.errors import InputError
+from protlm.runtime.options import InferenceOptions
+from protlm.runtime.precision import prepare_model
 from protlm.models.layers import init_weights
 from protlm.pretrained.registry import DEBUG_CONFIGS
-from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.data.windows import merge_1d, merge_2d, window_spans
 
 ALL = ("mean", "per_tok", "bos", "contacts")
 
@@ -57,8 +60,8 @@ def test_matches_fair_esm_extract_procedure(some):
     model = realistic(DEBUG_CONFIGS["esm2_debug"])
     ref, ref_alphabet = fair_esm_twin(model)
     convert = ref_alphabet.get_batch_converter(truncation_seq_length=1022)
-    cfg = EmbedConfig(repr_layers=(0, -1), include=ALL, toks_per_batch=2048)
-    got = {r.id: r for r in extract(model, model.alphabet, some, cfg)}
+    cfg = EmbedConfig(repr_layers=(0, -1), include=ALL)
+    got = {r.id: r for r in extract(model, model.alphabet, some, cfg, InferenceOptions(toks_per_batch=2048))}
     records = load_fasta(some)
     assert set(got) == {r.id for r in records}
     worst = 0.0
@@ -85,8 +88,8 @@ def test_batch_invariance(some, family):
     """A record's outputs do not depend on its batch mates (one per batch vs large batches)."""
     model = realistic(DEBUG_CONFIGS[family])
     cfg = EmbedConfig(repr_layers=(0, 1, 2), include=ALL)
-    alone = {r.id: r for r in extract(model, model.alphabet, some, dataclasses.replace(cfg, toks_per_batch=1))}
-    packed = {r.id: r for r in extract(model, model.alphabet, some, dataclasses.replace(cfg, toks_per_batch=1 << 16))}
+    alone = {r.id: r for r in extract(model, model.alphabet, some, cfg, InferenceOptions(toks_per_batch=1))}
+    packed = {r.id: r for r in extract(model, model.alphabet, some, cfg, InferenceOptions(toks_per_batch=1 << 16))}
     worst = 0.0
     for rid, a in alone.items():
         b = packed[rid]
@@ -112,8 +115,8 @@ def single(model, seq, layers=(2,)):
 
 def test_truncate_keeps_first_residues(few):
     model = short_model()
-    cfg = EmbedConfig(include=ALL, long="truncate")
-    for r in extract(model, model.alphabet, few, cfg):
+    cfg = EmbedConfig(include=ALL)
+    for r in extract(model, model.alphabet, few, cfg, InferenceOptions(long="truncate")):
         seq = next(x.sequence for x in load_fasta(few) if x.id == r.id)
         per_tok, contacts = single(model, seq[:32])
         assert r.length == len(seq) > 32
@@ -125,8 +128,9 @@ def test_truncate_keeps_first_residues(few):
 
 def test_window_averages_overlaps(few):
     model = short_model()
-    cfg = EmbedConfig(include=ALL, long="window", toks_per_batch=100)  # forces window sub-batches
-    for r in extract(model, model.alphabet, few, cfg):
+    cfg = EmbedConfig(include=ALL)
+    opts = InferenceOptions(long="window", toks_per_batch=100)  # forces window sub-batches
+    for r in extract(model, model.alphabet, few, cfg, opts):
         seq = next(x.sequence for x in load_fasta(few) if x.id == r.id)
         spans = window_spans(len(seq), 32)
         assert len(spans) > 1
@@ -169,10 +173,10 @@ def test_resolve_layers():
 def test_config_rejects_bad_values():
     with pytest.raises(EmbedError, match="--include"):
         EmbedConfig(include=("logits",))
-    with pytest.raises(EmbedError, match="--long"):
-        EmbedConfig(long="crop")
-    with pytest.raises(EmbedError, match="--toks-per-batch"):
-        EmbedConfig(toks_per_batch=0)
+    with pytest.raises(InputError, match="--long"):
+        InferenceOptions(long="crop")
+    with pytest.raises(InputError, match="--toks-per-batch"):
+        InferenceOptions(toks_per_batch=0)
 
 
 def test_reduced_precision_outputs_float32(few):
@@ -186,10 +190,10 @@ def test_reduced_precision_outputs_float32(few):
 
 def test_cuda_unavailable_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(EmbedError, match="CUDA is not available"):
-        prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cuda")
+    with pytest.raises(InputError, match="CUDA is not available"):
+        InferenceOptions(device="cuda").resolved()
     with pytest.raises(ProtlmError, match="unknown dtype 'fp8'"):
-        prepare_model(realistic(DEBUG_CONFIGS["esm2_debug"]), "cpu", "fp8")
+        InferenceOptions(dtype="fp8")
 
 
 @pytest.mark.parametrize("family", ["esm1b_debug", "esm2_debug"])
@@ -197,10 +201,10 @@ def test_cuda_unavailable_is_a_clear_error(monkeypatch):
 def test_packed_embed_equals_the_padded_path(some, family, long):
     """Without contacts embed runs packed; with them, padded: mean/per_tok/bos agree to 1e-5."""
     model = realistic(dataclasses.replace(DEBUG_CONFIGS[family], max_positions=302))  # 300 residues
-    cfg = EmbedConfig(repr_layers=(0, -1), include=("mean", "per_tok", "bos"), long=long, toks_per_batch=1500)
-    packed = {r.id: r for r in extract(model, model.alphabet, some, cfg)}
-    padded = {r.id: r for r in extract(model, model.alphabet, some,
-                                       dataclasses.replace(cfg, include=ALL))}
+    cfg = EmbedConfig(repr_layers=(0, -1), include=("mean", "per_tok", "bos"))
+    opts = InferenceOptions(long=long, toks_per_batch=1500)
+    packed = {r.id: r for r in extract(model, model.alphabet, some, cfg, opts)}
+    padded = {r.id: r for r in extract(model, model.alphabet, some, dataclasses.replace(cfg, include=ALL), opts)}
     assert packed.keys() == padded.keys() and any(r.length > 300 for r in packed.values())
     for rid, a in packed.items():
         assert a.contacts is None and a.truncated_from == padded[rid].truncated_from
@@ -211,9 +215,9 @@ def test_packed_embed_equals_the_padded_path(some, family, long):
 
 def test_compiled_embed_equals_eager(some):
     model = realistic(DEBUG_CONFIGS["esm2_debug"])
-    cfg = EmbedConfig(include=("mean",), toks_per_batch=2048)
-    eager = {r.id: r.mean[2] for r in extract(model, model.alphabet, some, cfg)}
+    cfg, opts = EmbedConfig(include=("mean",)), InferenceOptions(toks_per_batch=2048)
+    eager = {r.id: r.mean[2] for r in extract(model, model.alphabet, some, cfg, opts)}
     compiled = {r.id: r.mean[2] for r in extract(model, model.alphabet, some,
-                                                 dataclasses.replace(cfg, compile=True))}
+                                                 dataclasses.replace(cfg, compile=True), opts)}
     for rid in eager:
         torch.testing.assert_close(compiled[rid], eager[rid], atol=1e-4, rtol=0)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from protlm.embed import EmbedConfig, EmbedResult, embed_to_file
-from protlm.embed_io import (H5Output, OutputMismatchError, PtOutput, read_h5, read_h5_info,
-                             read_h5_meta, read_pt, to_fair_esm_dict)
+from protlm.runtime.options import InferenceOptions
+from protlm.embed.h5 import read as read_h5, read_file_meta as read_h5_meta, read_info as read_h5_info
+from protlm.embed.writers import H5Output, OutputMismatchError, PtOutput, to_fair_esm_dict
 from protlm.pretrained.protlm_format import save_protlm
 
 META = {"model": "m", "layers": [0, 2], "include": ["mean", "per_tok"], "long": "truncate",
@@ -113,7 +114,7 @@ def test_pt_layout_is_fair_esm_extract(tmp_path):
     assert out.done_ids(["a", "b"]) == set()
     out.begin()
     out.write_batch([r])
-    back = read_pt(tmp_path / "pt" / "a.pt")
+    back = torch.load(tmp_path / "pt" / "a.pt", weights_only=True)
     assert torch.equal(back["representations"][2], r.per_tok[2]) and torch.equal(back["contacts"], r.contacts)
     assert PtOutput(tmp_path / "pt", META).done_ids(["a", "b"]) == {"a"}
     assert "mean_representations" not in to_fair_esm_dict(EmbedResult("b", "b", 1, per_tok=r.per_tok))
@@ -123,18 +124,18 @@ def test_embed_to_file_resumes_into_a_larger_fasta(tmp_path, shared_data, debug_
     """few (3 records) then some (15, a superset): equals one run over some."""
     save_protlm(debug_model("esm2_debug"), tmp_path / "m")
     seqs = shared_data / "sequences"
-    cfg = EmbedConfig(repr_layers=(-1,), include=("mean", "per_tok"), toks_per_batch=600)
-    kw = dict(cfg=cfg, device="cpu", progress=False)
-    assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)["written"] == 3
-    stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
+    cfg = EmbedConfig(repr_layers=(-1,), include=("mean", "per_tok"))
+    opts = InferenceOptions(model=str(tmp_path / "m"), device="cpu", toks_per_batch=600, progress=False)
+    assert embed_to_file(seqs / "few_proteins.fasta", tmp_path / "a.h5", opts, cfg)["written"] == 3
+    stats = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "a.h5", opts, cfg)
     assert stats == {"records": 15, "skipped": 3, "written": 12, "recomputed": 0, "truncated": 0}
-    embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "b.h5", **kw)
+    embed_to_file(seqs / "some_proteins.fasta", tmp_path / "b.h5", opts, cfg)
     a, b = read_h5(tmp_path / "a.h5"), read_h5(tmp_path / "b.h5")
     assert sorted(a) == sorted(b) and len(a) == 15
     for rid in a:
         for k in ("mean", "per_tok"):
             np.testing.assert_allclose(a[rid][k], b[rid][k], atol=1e-5, rtol=0)
-    again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "m", tmp_path / "a.h5", **kw)
+    again = embed_to_file(seqs / "some_proteins.fasta", tmp_path / "a.h5", opts, cfg)
     assert again == {"records": 15, "skipped": 15, "written": 0, "recomputed": 0, "truncated": 0}
 
 
@@ -189,7 +190,7 @@ def full(rid, L, seed):
 def test_merge_in_small_blocks_keeps_every_row_exact(tmp_path, monkeypatch):
     """Rows copied in blocks (here of at most 2 rows / 12 ragged values), some rows of a file left
     out (rewritten later): every field and array comes back exact."""
-    from protlm import embed_h5
+    from protlm.embed import h5 as embed_h5
 
     monkeypatch.setattr(embed_h5, "BLOCK_ROWS", 2)
     monkeypatch.setattr(embed_h5, "BLOCK_ELEMENTS", 12)

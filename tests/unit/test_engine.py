@@ -1,4 +1,4 @@
-"""protlm.engine: packed batches give the padded path's numbers (CPU, fp32), windows included."""
+"""protlm.embed.engine: packed batches give the padded path's numbers (CPU, fp32), windows included."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from protlm import build_model
 from protlm.data.fasta import load_fasta
-from protlm.engine import BackgroundWriter, Engine, prefetch
+from protlm.embed.engine import Engine
+from protlm.embed.pipeline import BackgroundWriter, prefetch
 from protlm.errors import InputError
 from protlm.models.layers import init_weights
 from protlm.pretrained.registry import DEBUG_CONFIGS
@@ -103,14 +104,22 @@ def test_packed_batches_fill_the_real_token_budget(model):
     assert batches == [[0, 4, 2], [1], [3]]  # 12+22+32=66; +42 > 100; the 202-token one alone
 
 
-def test_compile_buckets_token_counts(model, seqs):
-    eng = Engine(model, repr_layers=(-1,), toks_per_batch=600, compile=True)
-    got = _all(eng, seqs[:4], {"mean"})
-    want = _all(Engine(model, repr_layers=(-1,), toks_per_batch=600), seqs[:4], {"mean"})
-    for p, q in zip(got, want):
+def test_compile_rounds_packed_batches_up_to_a_bucket(model, seqs):
+    """Compiled layers give the eager numbers, and a run with many batch sizes compiles only a
+    few token counts (multiples of COMPILE_BUCKET), the dummy sequence's rows never reaching
+    the output."""
+    from protlm.embed.engine import COMPILE_BUCKET
+
+    eng = Engine(model, repr_layers=(-1,), toks_per_batch=300, compile=True)
+    got = _all(eng, seqs, {"mean", "per_tok"})
+    eager = Engine(model, repr_layers=(-1,), toks_per_batch=300)
+    eager.compile = False  # same (compiled) model object, forced through the unbucketed path
+    for p, q in zip(got, _all(eager, seqs, {"mean", "per_tok"})):
+        assert p["per_tok"].shape == q["per_tok"].shape
         torch.testing.assert_close(p["mean"], q["mean"], atol=1e-4, rtol=0)
-    assert all(n % 256 == 0 for n in eng._shapes) and eng.compile_s > 0
-    assert all(layer._compiled_call_impl is None for layer in model.layers)  # model left eager
+    sizes = {sum(min(len(s), 1022) + 2 for s in (seqs[i] for i in b)) for b in eng.batches([len(s) for s in seqs], {"mean"})}
+    assert len(sizes) > len(eng.compiled_token_counts) >= 1
+    assert all(n % COMPILE_BUCKET == 0 for n in eng.compiled_token_counts) and eng.compile_s > 0
 
 
 def test_resolve_layers_once_on_the_model(model):

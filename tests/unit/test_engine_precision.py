@@ -2,7 +2,7 @@
 
 import pytest
 
-from protlm.engine import precision
+from protlm.runtime import precision
 from protlm.errors import InputError
 from protlm.models.int8 import is_quantized
 

@@ -1,11 +1,11 @@
-"""protlm.engine.shard: the split of records among ranks is deterministic and balanced."""
+"""protlm.embed.shard: the split of records among ranks is deterministic and balanced."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from protlm.engine.shard import rank_loads, split_by_cost
+from protlm.embed.plan import rank_loads, split_by_cost
 from protlm.errors import InputError
 
 

@@ -1,6 +1,5 @@
 import gzip
 import os
-import resource
 import subprocess
 import sys
 

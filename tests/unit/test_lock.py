@@ -1,4 +1,4 @@
-"""protlm.lock: one writer per output, refused at once with the holder's PID, never stale."""
+"""protlm.io: one writer per output, refused at once with the holder's PID, never stale."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from protlm.lock import OutputLockedError, lock_path, output_lock
+from protlm.io import OutputLockedError, lock_path, output_lock
 
 def test_second_writer_is_refused_with_the_holders_pid(tmp_path, hold_in_subprocess):
     out = tmp_path / "emb.h5"
@@ -49,7 +49,7 @@ def test_lock_is_per_output_and_beside_it(tmp_path):
 def test_released_lock_file_is_not_reused_by_a_late_opener(tmp_path, monkeypatch):
     """A process that opened OUTPUT.lock just before the holder removed it must not count the
     removed file as the lock (two writers would each hold a different file)."""
-    import protlm.lock as lk
+    import protlm.io as lk
 
     out = tmp_path / "o"
     real_flock = lk.fcntl.flock

@@ -5,8 +5,8 @@ import os
 import torch
 
 from protlm.models.int8 import is_quantized
-from protlm.pretrained import int8_cache
-from protlm.pretrained.int8_cache import cache_path, quantize_cached
+from protlm.runtime import int8_cache
+from protlm.runtime.int8_cache import cache_path, quantize_cached
 from protlm.pretrained.protlm_format import save_protlm
 
 

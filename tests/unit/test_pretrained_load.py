@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from click.testing import CliRunner
 
 from protlm.cli.main import cli
-from protlm.pretrained import download, load, registry
+from protlm.pretrained import download, identity, registry
 from protlm.errors import NotFoundError
-from protlm.pretrained.load import CheckpointError, load_model_and_alphabet
+from protlm.pretrained.checkpoint import CheckpointError
+from protlm.pretrained.load import load_model_and_alphabet
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS, ModelEntry
 
@@ -83,7 +84,7 @@ def test_missing_regression_warns_at_use_and_keeps_init(tmp_path):
 
 
 def test_protlm_folder_carries_its_fitted_contact_head(tmp_path, debug_model):
-    from protlm.contacts.fit import save_regression
+    from protlm.pretrained.contact_regression import save_regression
 
     model = debug_model("esm2_debug")
     save_protlm(model, tmp_path / "m")
@@ -233,21 +234,21 @@ def temp_entry(monkeypatch):
 
 
 def test_packaged_weights(tmp_path, monkeypatch, debug_model, temp_entry):
-    assert str(load.packaged_root()).endswith(os.path.join("protlm", "weights"))
+    assert str(identity.packaged_root()).endswith(os.path.join("protlm", "weights"))
     model = W.init_like_training(debug_model("esm2_debug"), seed=2)
     save_protlm(model, tmp_path / "weights" / "tiny_packaged")
-    monkeypatch.setattr(load, "packaged_root", lambda: tmp_path / "weights")
+    monkeypatch.setattr(identity, "packaged_root", lambda: tmp_path / "weights")
     temp_entry(ModelEntry("tiny_packaged", DEBUG_CONFIGS["esm2_debug"], packaged="tiny_packaged"))
     loaded, _ = load_model_and_alphabet("tiny_packaged")
     assert same_weights(loaded, model)
     # the key of resumable outputs: the weights' contents, not where they are installed or when
-    key = load.model_identity("tiny_packaged")
+    key = identity.model_identity("tiny_packaged")
     import shutil
     shutil.copytree(tmp_path / "weights", tmp_path / "reinstalled")
-    monkeypatch.setattr(load, "packaged_root", lambda: tmp_path / "reinstalled")
-    assert load.model_identity("tiny_packaged") == key and str(tmp_path) not in key
+    monkeypatch.setattr(identity, "packaged_root", lambda: tmp_path / "reinstalled")
+    assert identity.model_identity("tiny_packaged") == key and str(tmp_path) not in key
     save_protlm(W.init_like_training(debug_model("esm2_debug"), seed=3), tmp_path / "reinstalled" / "tiny_packaged")
-    assert load.model_identity("tiny_packaged") != key  # a new release of the weights
+    assert identity.model_identity("tiny_packaged") != key  # a new release of the weights
     temp_entry(ModelEntry("broken_packaged", DEBUG_CONFIGS["esm2_debug"], packaged="absent"))
     with pytest.raises(CheckpointError, match="packaged weights for 'broken_packaged' are missing"):
         load_model_and_alphabet("broken_packaged")

@@ -1,4 +1,4 @@
-"""protlm.records: record IDs as file names (injective, safe), sequence hashes, changed records."""
+"""protlm.io: record IDs as file names (injective, safe), sequence hashes, changed records."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protlm.records import (MAX_STEM, ChangedRecordsError, changed_records, check_changed, record_stem,
+from protlm.io import (MAX_STEM, ChangedRecordsError, changed_records, check_changed, record_stem,
                             sequence_hash)
 
 LONG = "sp|P12345|" + "x" * 300

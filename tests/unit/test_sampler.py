@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from protlm.data.index import id_hash
-from protlm.data.sampler import (BatchPlan, balanced_rows, crop_window, heldout_mask, iter_positions, pack_batches,
+from protlm.data.sampler import (BatchPlan, balanced_rows, crop_window, heldout_mask, iter_positions,
                                  shard_rows)
 
 
@@ -116,6 +116,6 @@ def test_crop_window():
     assert len(starts) > 50  # random windows, not always the start
 
 
-def test_pack_batches_oversized_item_alone():
-    costs = np.array([5, 5, 50])
-    assert [b.tolist() for b in pack_batches(costs, np.array([0, 1, 2]), 20)] == [[0, 1], [2]]
+def test_packed_plan_puts_an_oversized_record_alone():
+    plan = BatchPlan(np.arange(3), np.array([3, 3, 48]), 20, 100, 0, packed=True)
+    assert [b.tolist() for b in plan._group(plan.costs, np.arange(3))] == [[0, 1], [2]]

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 from protlm.errors import InputError
-from protlm.tasks import evaluate, heads
-from protlm.tasks.function import FitConfig, cached_embeddings, fit_function, load_head, predict_function
-from protlm.tasks.function_data import LabelError, as_targets, load_labelled
+from protlm.function import cv, heads
+from protlm.function.pipeline import FitConfig, cached_embeddings, fit_function, load_head, predict_function
+from protlm.function.data import LabelError, as_targets, load_labelled
+from protlm.runtime.options import InferenceOptions
+
+DBG = InferenceOptions(model="dbg", device="cpu", progress=False)
 
 
 def test_labels_from_csv_tsv_and_fasta_header(tmp_path):
@@ -54,41 +57,41 @@ def test_header_field_out_of_range(tmp_path):
 
 
 def test_metrics_by_hand():
-    m = evaluate.classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"])
+    m = cv.classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"])
     assert m["accuracy"] == 0.75
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert m["mcc"] == pytest.approx(1 / np.sqrt(3))
-    r = evaluate.regression_metrics([1, 2, 3, 4], [2, 4, 6, 9])
+    r = cv.regression_metrics([1, 2, 3, 4], [2, 4, 6, 9])
     assert r["spearman"] == 1.0 and r["rmse"] == pytest.approx(np.sqrt((1 + 4 + 9 + 25) / 4))
     assert r["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [2, 4, 6, 9])[0, 1])
 
 
 def test_group_folds_never_split_a_group():
     groups = np.repeat(np.arange(12), 5)
-    folds = evaluate.fold_indices(60, 4, "regression", groups=groups, seed=1)
+    folds = cv.fold_indices(60, 4, "regression", groups=groups, seed=1)
     assert len(folds) == 4
     seen = np.concatenate([test for _, test in folds])
     assert sorted(seen) == list(range(60))
     for train, test in folds:
         assert not set(groups[train]) & set(groups[test])
     with pytest.raises(ValueError, match="3 distinct groups"):
-        evaluate.fold_indices(9, 4, "regression", groups=[0, 0, 0, 1, 1, 1, 2, 2, 2])
+        cv.fold_indices(9, 4, "regression", groups=[0, 0, 0, 1, 1, 1, 2, 2, 2])
     with pytest.raises(InputError, match="cannot make 5 folds of 3 records .*fewer with --folds"):
-        evaluate.fold_indices(3, 5, "regression")
+        cv.fold_indices(3, 5, "regression")
 
 
 def test_stratified_folds_for_classification():
     y = np.array(["a"] * 10 + ["b"] * 5)
-    for _, test in evaluate.fold_indices(15, 5, "classification", y=y):
+    for _, test in cv.fold_indices(15, 5, "classification", y=y):
         assert sorted(y[test]) == ["a", "a", "b"]
 
 
 def test_classification_of_continuous_labels_says_so():
     y = np.array([f"{v:.3f}" for v in np.linspace(0, 1, 30)])
     with pytest.raises(InputError, match=r"needs >= 5 records per class; class .* has 1 .*--task regression"):
-        evaluate.fold_indices(30, 5, "classification", y=y)
+        cv.fold_indices(30, 5, "classification", y=y)
     with pytest.raises(InputError, match=r"class 'b' has 2$"):
-        evaluate.fold_indices(12, 3, "classification", y=np.array(["a"] * 10 + ["b"] * 2))
+        cv.fold_indices(12, 3, "classification", y=np.array(["a"] * 10 + ["b"] * 2))
 
 
 def _data(task, n=80, d=6, k=3, seed=0):
@@ -114,7 +117,7 @@ def test_head_arrays_reproduce_sklearn(kind, task, k, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     else:
         assert list(got) == list(want)
-    from protlm.tasks.function import save_head
+    from protlm.function.pipeline import save_head
 
     save_head(head, tmp_path, {"model": "m", "layer": -1, "pooling": "mean"})
     loaded, meta = load_head(tmp_path)
@@ -125,7 +128,7 @@ def test_undefined_cv_metrics_are_null_in_valid_json(tmp_path):
     """Constant CV predictions give a NaN Spearman: head.json must stay valid JSON."""
     import json
 
-    from protlm.tasks.function import save_head
+    from protlm.function.pipeline import save_head
 
     x, y = _data("regression", k=0)
     nan = float("nan")
@@ -149,11 +152,11 @@ def test_cache_reuses_vectors(tmp_path, debug_model):
         return model, model.alphabet
 
     seqs = ["MKV", "GGSA", "MKV"]
-    x1 = cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
-    x2 = cached_embeddings(["GGSA", "MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
+    x1 = cached_embeddings(seqs, DBG, -1, "mean", tmp_path, loader=loader)
+    x2 = cached_embeddings(["GGSA", "MKV"], DBG, -1, "mean", tmp_path, loader=loader)
     assert calls == ["dbg"] and x1.shape == (3, 64)
     np.testing.assert_array_equal(x2, x1[[1, 0]])
-    cached_embeddings(["MKV"], "dbg", -1, "max", tmp_path, loader=loader, progress=False)
+    cached_embeddings(["MKV"], DBG, -1, "max", tmp_path, loader=loader)
     assert calls == ["dbg", "dbg"]  # another pooling is another cache entry
 
 
@@ -167,17 +170,18 @@ def test_fit_and_predict_classification_csv(tmp_path, debug_model):
         seq = "".join(rng.choice(list("DEKR" if cls else "AVLI"), 12))
         rows.append(f"s{i},{seq},{'charged' if cls else 'hydrophobic'},f{i // 4}")
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    cfg = FitConfig("dbg", target="label", task="classification", group="fam", folds=4)
-    meta = fit_function(tmp_path / "d.csv", cfg, tmp_path / "head", loader=loader, progress=False)
+    cfg = FitConfig(target="label", task="classification", group="fam", folds=4)
+    meta = fit_function(tmp_path / "d.csv", cfg, DBG, tmp_path / "head", loader=loader)
     assert meta["cv"]["grouped"] and meta["cv"]["mean"]["accuracy"] >= 0.9
     assert set(meta["cv"]["mean"]) == {"accuracy", "macro_f1", "mcc"}
     (tmp_path / "q.fasta").write_text(">q1\nDEKRDEKRDEKR\n>q2\nAVLIAVLIAVLI\n")
-    predict_function(tmp_path / "q.fasta", tmp_path / "head", tmp_path / "p.csv", loader=loader, progress=False)
+    predict_function(tmp_path / "q.fasta", tmp_path / "head", tmp_path / "p.csv",
+                     InferenceOptions(device="cpu", progress=False), loader=loader)
     assert (tmp_path / "p.csv").read_text().splitlines() == ["id,prediction", "q1,charged", "q2,hydrophobic"]
 
 
 def test_cache_keeps_finished_chunks_after_a_crash(tmp_path, debug_model, monkeypatch):
-    from protlm.tasks import function
+    from protlm.function import pipeline as function
 
     model = debug_model()
     real = function.embed_sequences
@@ -192,31 +196,30 @@ def test_cache_keeps_finished_chunks_after_a_crash(tmp_path, debug_model, monkey
     monkeypatch.setattr(function, "embed_sequences", flaky)
     seqs = ["MKV", "GGSA", "MKLV", "PPW"]
     with pytest.raises(KeyboardInterrupt):
-        cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
-                          progress=False, chunk=2)
-    cached_embeddings(seqs, "dbg", -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
-                      progress=False, chunk=2)
+        cached_embeddings(seqs, DBG, -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet),
+                          chunk=2)
+    cached_embeddings(seqs, DBG, -1, "mean", tmp_path, loader=lambda n: (model, model.alphabet), chunk=2)
     assert calls == [["MKV", "GGSA"], ["MKLV", "PPW"], ["MKLV", "PPW"]]  # only the lost chunk is redone
 
 
 def test_cache_refuses_a_second_writer_but_serves_readers(tmp_path, debug_model):
     import os
 
-    from protlm.lock import OutputLockedError, output_lock
-    from protlm.pretrained.load import model_identity
-    from protlm.tasks.function_data import EmbeddingCache
+    from protlm.io import OutputLockedError, output_lock
+    from protlm.pretrained.identity import model_identity
+    from protlm.function.data import EmbeddingCache
 
     model = debug_model()
     loader = lambda name: (model, model.alphabet)  # noqa: E731
-    x = cached_embeddings(["MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
+    x = cached_embeddings(["MKV"], DBG, -1, "mean", tmp_path, loader=loader)
     cache_file = EmbeddingCache(tmp_path, model_identity("dbg"), -1, "mean").path
     before = cache_file.read_bytes()
     with output_lock(cache_file):  # another `function fit` is adding to this cache
         with pytest.raises(OutputLockedError, match=f"is being written by process {os.getpid()}"):
-            cached_embeddings(["MKV", "GGSA"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False)
+            cached_embeddings(["MKV", "GGSA"], DBG, -1, "mean", tmp_path, loader=loader)
         # everything cached: read without waiting for the writer
         np.testing.assert_array_equal(
-            cached_embeddings(["MKV"], "dbg", -1, "mean", tmp_path, loader=loader, progress=False), x)
+            cached_embeddings(["MKV"], DBG, -1, "mean", tmp_path, loader=loader), x)
     assert cache_file.read_bytes() == before
 
 
@@ -230,8 +233,8 @@ def test_cache_never_serves_a_changed_sequence(tmp_path, debug_model):
         calls.append(name)
         return model, model.alphabet
 
-    old = cached_embeddings(["MKTAYIAKQR"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
-    new = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "c", loader=loader, progress=False)
-    fresh = cached_embeddings(["MKTAYIAKQL"], "dbg", -1, "mean", tmp_path / "empty", loader=loader, progress=False)
+    old = cached_embeddings(["MKTAYIAKQR"], DBG, -1, "mean", tmp_path / "c", loader=loader)
+    new = cached_embeddings(["MKTAYIAKQL"], DBG, -1, "mean", tmp_path / "c", loader=loader)
+    fresh = cached_embeddings(["MKTAYIAKQL"], DBG, -1, "mean", tmp_path / "empty", loader=loader)
     assert len(calls) == 3 and not np.array_equal(old, new)
     np.testing.assert_array_equal(new, fresh)

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from protlm.alphabet import pad_tokens
-from protlm.tasks.variants import (Mutation, MutationError, PLLStore, apply_mutations, centred_window,
-                                   parse_mutant, score_mutants)
-from protlm.windows import window_spans
+from protlm.variants.mutations import Mutation, MutationError, apply_mutations, centred_window, parse_mutant
+from protlm.variants.scoring import score_mutants
+from protlm.variants.store import PLLStore
+from protlm.data.windows import window_spans
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIE"
 
@@ -52,7 +53,7 @@ def _log_probs(model, seq, mask=()):
 def test_masked_marginal_by_hand(debug_model):
     model = debug_model("esm2_debug")
     a = model.alphabet
-    got = score_mutants(model, a, WT, ["K2C", "K2C:A4G", "Y5Y"], "masked-marginal", batch_size=2)
+    got = score_mutants(model, a, WT, ["K2C", "K2C:A4G", "Y5Y"], "masked-marginal", toks_per_batch=2 * (len(WT) + 2))
     lp = _log_probs(model, WT, [1])
     assert got[0] == pytest.approx(float(lp[2, a.get_idx("C")] - lp[2, a.get_idx("K")]), abs=1e-5)
     lp = _log_probs(model, WT, [1, 3])  # positions of one multiple mutant are masked together
@@ -78,7 +79,7 @@ def test_pseudo_ll_by_hand(debug_model):
     def pll(s):
         return sum(float(_log_probs(model, s, [i])[i + 1, a.get_idx(c)]) for i, c in enumerate(s))
 
-    got = score_mutants(model, a, wt, ["K2C:A4G", "M1M"], "pseudo-ll", batch_size=3)
+    got = score_mutants(model, a, wt, ["K2C:A4G", "M1M"], "pseudo-ll", toks_per_batch=3 * (len(wt) + 2))
     assert got[0] == pytest.approx(pll("MCTGYIAK") - pll(wt), abs=1e-4)
     assert got[1] == pytest.approx(0.0, abs=1e-6)
 
@@ -133,7 +134,7 @@ def test_bad_mutant_fails_before_any_forward(debug_model):
 def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):
     model = debug_model("esm2_debug")
     a, wt, muts = model.alphabet, WT[:8], ["K2C", "A4G", "T3S"]
-    straight = score_mutants(model, a, wt, muts, "pseudo-ll", batch_size=3)
+    straight = score_mutants(model, a, wt, muts, "pseudo-ll", toks_per_batch=3 * (len(wt) + 2))
 
     path = tmp_path / "scores.csv.pll.jsonl"
     store = PLLStore(path, "m")
@@ -150,7 +151,7 @@ def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):
     calls = []
     store2 = Recording(path, "m")
     assert set(store2.values) == {wt, "MCTAYIAK"}
-    resumed = score_mutants(model, a, wt, muts, "pseudo-ll", batch_size=3, pll_store=store2)
+    resumed = score_mutants(model, a, wt, muts, "pseudo-ll", toks_per_batch=3 * (len(wt) + 2), pll_store=store2)
     store2.close()
     assert resumed == pytest.approx(straight, abs=1e-6)
     assert calls == ["MKTGYIAK", "MKSAYIAK"]  # only the unfinished ones ran
@@ -161,7 +162,8 @@ def test_pll_store_resumes_after_a_kill(debug_model, tmp_path):
 def test_pll_store_never_serves_a_changed_wild_type(debug_model, tmp_path):
     """The store is keyed by the scored sequence itself (and the model): after a kill, a rerun
     whose wild type changed under the same FASTA ID recomputes, never reusing the old PLLs."""
-    from protlm.tasks.variants import score_file
+    from protlm.runtime.options import InferenceOptions
+    from protlm.variants.pipeline import score_file
 
     model = debug_model("esm2_debug")
     loader = lambda name: (model, model.alphabet)  # noqa: E731
@@ -172,8 +174,8 @@ def test_pll_store_never_serves_a_changed_wild_type(debug_model, tmp_path):
     store.add("MCTAYIAKQR", 456.0)
     store.close()
     (tmp_path / "wt.fasta").write_text(f">wt\n{WT[:12]}\n")  # same ID, new sequence
-    score_file("dbg", tmp_path / "wt.fasta", tmp_path / "muts.csv", out, "pseudo-ll", loader=loader,
-               progress=False)
+    score_file(tmp_path / "wt.fasta", tmp_path / "muts.csv", out,
+               InferenceOptions(model="dbg", device="cpu", progress=False), method="pseudo-ll", loader=loader)
     got = [float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
     want = score_mutants(model, model.alphabet, WT[:12], ["K2C", "A4G"], "pseudo-ll")
     assert got == pytest.approx(want, rel=1e-5)  # the CSV keeps 6 significant digits

@@ -4,12 +4,10 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from protlm.alphabet import Alphabet
 from protlm.data.fasta import read_fasta, write_fasta
 from protlm.data.masking import IGNORE_INDEX
-from protlm.train.batches import fixed_batches
 from protlm.train.config import load_config
 from protlm.train.evaluate import eval_plan, frequency_baseline, model_perplexity
 
@@ -25,18 +23,18 @@ def cfg(tmp_path, shared_data):
 
 def test_other_fasta_is_evaluated_whole_with_training_frequencies(cfg, tmp_path, debug_model):
     other = str(tmp_path / "other.fasta")
-    fasta, plan = eval_plan(cfg, other)
-    assert fasta == other and sorted(plan.indices.tolist()) == [0, 1, 2, 3]  # every record, none held back
+    plan = eval_plan(cfg, other)
+    assert plan.sequences == [r.sequence for r in read_fasta(other)]  # every record, none held back
     # the baseline by hand: training-split frequencies (add-one) scored at the fixed masked positions
     a = Alphabet()
-    _, held_plan = eval_plan(cfg)
-    held_ids = {r for r in held_plan.indices.tolist()}
+    held = set(eval_plan(cfg).sequences)
     recs = list(read_fasta(cfg.data.train_fasta))
-    counts = Counter("".join(r.sequence for i, r in enumerate(recs) if i not in held_ids))
+    assert 0 < len(held) < len(recs)
+    counts = Counter("".join(r.sequence for r in recs if r.sequence not in held))
     freq = {t: counts.get(t, 0) + 1 for t in a.standard_toks}
     total = sum(freq.values())
     ce, n = 0.0, 0
-    for batch in fixed_batches(other, plan, 0, 1, cfg.data.mask_prob):
+    for _, batch in plan.batches(a):
         for t in batch.targets[batch.targets != IGNORE_INDEX].tolist():
             ce -= math.log(freq[a.get_tok(t)] / total)
             n += 1

@@ -35,7 +35,7 @@ def test_shipped_protlm_small_loads_offline(monkeypatch):
     model, alphabet = protlm.load_model_and_alphabet("protlm_small")
     entry = get("protlm_small")
     assert model.config == entry.config
-    from protlm.pretrained.load import packaged_root
+    from protlm.pretrained.identity import packaged_root
 
     weights = packaged_root() / "protlm_small" / "model.safetensors"
     assert weights.stat().st_size <= 20e6
@@ -64,7 +64,9 @@ def test_shipped_protlm_small_loads_offline(monkeypatch):
     from protlm.contacts.pipeline import load_for_contacts
     from protlm.contacts.predict import bilinear_contacts
 
-    model, alphabet, head = load_for_contacts("protlm_small", head="bilinear")
+    from protlm.runtime.options import InferenceOptions
+
+    model, alphabet, head = load_for_contacts(InferenceOptions(model="protlm_small"), head="bilinear")
     assert head.config.model == "protlm_small" and head.config.embed_dim == model.config.embed_dim
     m = bilinear_contacts(model, alphabet, head, seq)
     assert m.shape == (L, L) and np.allclose(m, m.T) and ((m > 0) & (m < 1)).all()

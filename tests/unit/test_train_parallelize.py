@@ -12,7 +12,9 @@ from protlm.models import varlen
 from protlm.models.config import esm2_config
 from protlm.models.layers import init_weights
 from protlm.models.layout import pack
-from protlm.train.parallelize import Dist, apply_activation_checkpointing, apply_compile, parallelize
+from protlm.runtime.compile import compile_layers
+from protlm.runtime.distributed import Dist
+from protlm.train.parallelize import apply_activation_checkpointing, parallelize
 
 LAYERS = 4
 
@@ -101,10 +103,11 @@ def test_each_option_recomputes_what_it_says():
     assert mm["full"] - mm["none"] == 2 * (mm["every2"] - mm["none"])  # 6 linear layers per layer
 
 
-def _traceable_attention(q_NHd, k_NHd, v_NHd, packing, dropout_p):
+def _traceable_attention(q_NHd, k_NHd, v_NHd, cu, max_seqlen, bounds, dropout_p):
     """Block-diagonal SDPA over the whole pack: no host loop, so compile traces it whole, as it
     traces varlen_attn on CUDA (the CPU loop is left out of graphs on purpose)."""
-    same_BNN = (packing.seq_id_N[:, None] == packing.seq_id_N[None, :])[None, None]
+    seq_N = torch.searchsorted(cu[1:], torch.arange(q_NHd.shape[0], device=cu.device), right=True)
+    same_BNN = (seq_N[:, None] == seq_N[None, :])[None, None]
     q, k, v = (t.transpose(0, 1)[None] for t in (q_NHd, k_NHd, v_NHd))  # (1, H, N, hd)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=same_BNN, dropout_p=dropout_p, scale=1.0)
     return out[0].transpose(0, 1)
@@ -121,7 +124,7 @@ def test_compiled_layers_trace_whole_and_match_eager(monkeypatch, every, selecti
     counters.clear()
     eager, compiled = _model(dropout=0.0), _model(dropout=0.0)
     apply_activation_checkpointing(compiled, every, selective)
-    apply_compile(compiled, backend="aot_eager")
+    compile_layers(compiled, backend="aot_eager")
     keys = list(eager.state_dict())
     assert list(compiled.state_dict()) == keys
     ga, gb = _grads(eager, packed=True), _grads(compiled, packed=True)
@@ -144,7 +147,7 @@ def test_process_group_left_only_by_its_creator(tmp_path, monkeypatch):
     interpreter exit can abort a finished run); one created by the caller is left alone."""
     import torch.distributed as dist
 
-    from protlm.train.parallelize import init_distributed, leave_distributed
+    from protlm.runtime.distributed import init_distributed, leave_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed("cpu") == Dist()  # one process: no group at all

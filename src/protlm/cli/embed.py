@@ -6,9 +6,8 @@ import re
 
 import click
 
-from protlm.cli import options
-from protlm.cli.options import unknown_arg, unknown_to_x
-from protlm.embed import INCLUDES, LONG_MODES
+from protlm.cli.options import inference_options
+from protlm.embed.plan import INCLUDES
 
 
 class _MultiValueCommand(click.Command):
@@ -41,40 +40,32 @@ class _MultiValueCommand(click.Command):
 
 @click.command(cls=_MultiValueCommand)
 @click.argument("fasta", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_name", required=True, help="published name or checkpoint path")
 @click.option("--output", "-o", required=True, type=click.Path(), help="HDF5 file, or folder for --format pt")
 @click.option("--repr-layers", type=int, multiple=True, default=(-1,), show_default=True,
               help="layers to return, several allowed (--repr-layers 0 32 33); negative counts "
               "from the end; 0 = embeddings")
 @click.option("--include", type=click.Choice(INCLUDES), multiple=True, default=("mean",),
               show_default=True, help="outputs per record, several allowed (--include mean per_tok)")
-@click.option("--toks-per-batch", type=int, default=4096, show_default=True)
-@click.option("--long", type=click.Choice(LONG_MODES), default="truncate", show_default=True,
-              help="sequences over the model limit (1022 residues for ESM-1b)")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
-@options.dtype
+@inference_options(long_help="sequences over the model limit (1022 residues for ESM-1b and ESM-2): "
+                   "keep the first ones, embed overlapping windows, or stop")
 @click.option("--format", "fmt", type=click.Choice(["h5", "pt"]), default="h5", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the model (token counts bucketed to multiples of 256, so a run "
               "builds a few graphs; compile time shows in the progress bar); default: on for CUDA, "
               "off on CPU")
-@click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--overwrite-changed", is_flag=True,
               help="recompute records already in OUTPUT whose sequence changed (default: refuse)")
 @click.option("--distributed/--no-distributed", default=None,
               help="run as one rank of a torchrun job: records split among ranks, one shard each, "
               "merged by rank 0 (docs/embed.md); default: on when torchrun's environment is set")
-@unknown_to_x
-def command(fasta, model_name, output, repr_layers, include, toks_per_batch, long, device, dtype,
-            fmt, compile_, progress, overwrite_changed, distributed, unknown_to_x):
+def command(fasta, output, repr_layers, include, opts, fmt, compile_, overwrite_changed, distributed):
     """Embed every record of FASTA; rerunning after an interruption resumes."""
-    from protlm.embed import EmbedConfig, embed_to_file
+    from protlm.embed.pipeline import EmbedConfig, embed_to_file
 
     include = tuple(i for i in INCLUDES if i in include)  # one order, so reruns match
-    cfg = EmbedConfig(tuple(repr_layers), include, toks_per_batch, long, unknown=unknown_arg(unknown_to_x),
-                      compile=compile_)
-    stats = embed_to_file(fasta, model_name, output, cfg, fmt, device, dtype, progress,
-                          overwrite_changed=overwrite_changed, distributed=distributed)
+    cfg = EmbedConfig(tuple(repr_layers), include, compile=compile_)
+    stats = embed_to_file(fasta, output, opts, cfg, fmt=fmt, overwrite_changed=overwrite_changed,
+                          distributed=distributed)
     if stats is None:  # a torchrun rank other than 0: rank 0 reports
         return
     for r in stats.get("ranks", []):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from protlm.cli.options import unknown_arg, unknown_to_x
+from protlm.cli.options import inference_options
 from protlm.evaluate.contacts import DEFAULT_C
 from protlm.evaluate.perplexity import DEFAULT_SEED
 
@@ -29,25 +29,16 @@ FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv"}
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="masks and crops")
 @click.option("--C", "C", type=float, default=DEFAULT_C, show_default=True,
               help="inverse L1 strength of heads fitted here")
-@click.option("--toks-per-batch", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="tokens per perplexity batch (does not change the figure)")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="default: cuda if available")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="progress bars on stderr")
-@unknown_to_x
-def command(models, perplexity_fasta, structures, heads, output, max_sequences, seed, C, toks_per_batch,
-            device, progress, unknown_to_x):
+@inference_options(model="none", long=False)
+def command(models, perplexity_fasta, structures, heads, output, max_sequences, seed, C, opts):
     """Compare models: parameters, validation perplexity, contact precision, beside published figures."""
     from protlm.errors import InputError
-    from protlm.embed import check_device
     from protlm.evaluate.run import EvalSettings, run_evaluation
 
     fmt = FORMATS.get(Path(output).suffix.lower())
     if fmt is None:
         raise InputError(f"--output must end in .md or .csv, got {output}")
     names = [n.strip() for arg in models for n in arg.split(",") if n.strip()]
-    settings = EvalSettings(perplexity_fasta, structures, heads, seed, max_sequences, C=C,
-                            unknown=unknown_arg(unknown_to_x), toks_per_batch=toks_per_batch,
-                            device=check_device(device))
-    table = run_evaluation(names, settings, output, fmt, progress,
-                           echo=lambda m: click.echo(m, err=True))
+    settings = EvalSettings(perplexity_fasta, structures, heads, seed, max_sequences, C=C)
+    table = run_evaluation(names, settings, output, opts, fmt, echo=lambda m: click.echo(m, err=True))
     click.echo(table, nl=False)

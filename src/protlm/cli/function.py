@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from protlm.cli import options
-from protlm.cli.options import unknown_arg, unknown_to_x
-from protlm.tasks.heads import HEADS, TASKS
-from protlm.tasks.pooling import POOLINGS
+from protlm.cli.options import inference_options
+from protlm.data.pooling import POOLINGS
+from protlm.function.heads import HEADS, TASKS
 
+LONG_HELP = ("sequences over the model limit: keep the first 1022 residues (fair-esm's extract.py), "
+             "pool over overlapping windows, or stop")
 
 
 @click.group()
@@ -18,7 +19,6 @@ def command():
 
 @command.command("fit")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_name", required=True, help="published name or checkpoint path")
 @click.option("--target", default=None, help="label column of a CSV/TSV")
 @click.option("--label-from-header", type=int, default=None,
               help="FASTA: 0-based index of the '|'-separated header field holding the label")
@@ -36,21 +36,12 @@ def command():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="embedding cache (default: OUTPUT/embedding_cache)")
-@click.option("--toks-per-batch", type=int, default=4096, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@options.dtype
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@unknown_to_x
-def fit(data, model_name, target, label_from_header, task, head, output, group, group_from_header,
-        id_column, sequence_column, layer, pooling, folds, seed, cache_dir, toks_per_batch, device, dtype,
-        progress, unknown_to_x):
+@inference_options(long_help=LONG_HELP)
+def fit(data, output, cache_dir, opts, **fields):
     """Cross-validate and fit a head on DATA (CSV/TSV, or FASTA with labels in headers)."""
-    from protlm.tasks.function import FitConfig, fit_function
+    from protlm.function.pipeline import FitConfig, fit_function
 
-    cfg = FitConfig(model_name, target, task, head, label_from_header, group, group_from_header,
-                    id_column, sequence_column, layer, pooling, folds, seed, toks_per_batch, device,
-                    unknown=unknown_arg(unknown_to_x), dtype=dtype)
-    meta = fit_function(data, cfg, output, cache_dir, progress=progress)
+    meta = fit_function(data, FitConfig(**fields), opts, output, cache_dir=cache_dir)
     cv = meta["cv"]
     stats = ", ".join(f"{k} {v:.3f} ± {cv['std'][k]:.3f}" for k, v in cv["mean"].items())
     click.echo(f"{cv['folds']}-fold CV ({meta['n_train']} records): {stats}")
@@ -64,18 +55,11 @@ def fit(data, model_name, target, label_from_header, task, head, output, group, 
 @click.argument("fasta", type=click.Path(exists=True, dir_okay=False))
 @click.option("--head", "head_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="CSV: id,prediction")
-@click.option("--model", "model_name", default=None, help="override the model recorded in the head")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--toks-per-batch", type=int, default=4096, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@options.dtype
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@unknown_to_x
-def predict(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device, dtype, progress,
-            unknown_to_x):
+@inference_options(model="optional", long_help=LONG_HELP)
+def predict(fasta, head_dir, output, cache_dir, opts):
     """Apply a saved head to every record of FASTA."""
-    from protlm.tasks.function import predict_function
+    from protlm.function.pipeline import predict_function
 
-    n = predict_function(fasta, head_dir, output, model_name, cache_dir, toks_per_batch, device,
-                         progress=progress, unknown=unknown_arg(unknown_to_x), dtype=dtype)
+    n = predict_function(fasta, head_dir, output, opts, cache_dir=cache_dir)
     click.echo(f"{n} predictions -> {output}", err=True)

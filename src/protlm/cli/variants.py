@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from protlm.cli import options
-from protlm.cli.options import unknown_arg, unknown_to_x
-from protlm.tasks.variants import METHODS
+from protlm.cli.options import inference_options
+from protlm.variants.scoring import METHODS
 
 
 @click.group()
@@ -15,7 +14,6 @@ def command():
 
 
 @command.command("score")
-@click.option("--model", "model_name", required=True, help="published name or checkpoint path")
 @click.option("--sequence", "wt_fasta", required=True, type=click.Path(exists=True, dir_okay=False),
               help="FASTA with the one wild-type sequence")
 @click.option("--mutations", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -25,16 +23,13 @@ def command():
 @click.option("--column", default=None, help="name of the added score column (default: the method)")
 @click.option("--offset", type=int, default=1, show_default=True,
               help="number of the first residue of --sequence in the mutant strings")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="sequences per forward pass")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@options.dtype
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@unknown_to_x
-def score(model_name, wt_fasta, mutations, method, output, column, offset, batch_size, device, dtype,
-          progress, unknown_to_x):
-    """Score every mutant of MUTATIONS against the wild type; writes the rows plus a score."""
-    from protlm.tasks.variants import score_file
+@inference_options(long=False)
+def score(wt_fasta, mutations, method, output, column, offset, opts):
+    """Score every mutant of MUTATIONS against the wild type; writes the rows plus a score.
 
-    n = score_file(model_name, wt_fasta, mutations, output, method, column, offset,
-                   batch_size, device, progress, unknown=unknown_arg(unknown_to_x), dtype=dtype)
+    A wild type over the model's limit is scored in a window of the limit centred on each
+    mutant's positions (wt-marginal: overlapping windows, averaged)."""
+    from protlm.variants.pipeline import score_file
+
+    n = score_file(wt_fasta, mutations, output, opts, method=method, column=column, offset=offset)
     click.echo(f"{n} mutants scored ({method}) -> {output}", err=True)

@@ -16,11 +16,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from protlm.errors import InputError, NotFoundError
-from protlm.pretrained.load import CheckpointError, load_safetensors
+from protlm.pretrained.checkpoint import CheckpointError, load_safetensors
+from protlm.pretrained.contact_regression import BILINEAR_CONFIG_FILE
 from protlm.io import atomic_path, atomic_write
 
 WEIGHTS_FILE = "bilinear_contact.safetensors"
-CONFIG_FILE = "bilinear_contact.json"
+CONFIG_FILE = BILINEAR_CONFIG_FILE
 MIN_SEP = 6  # pairs closer in sequence are trivially in contact; neither trained nor scored
 
 

@@ -19,11 +19,12 @@ from protlm.contacts.predict import (attention_features, predict_contacts, quiet
 from protlm.contacts.structures import ChainStructure, StructureError, load_chain, split_spec
 from protlm.errors import InputError
 from protlm.io import atomic_path, atomic_write
-from protlm.lock import output_lock
+from protlm.io import output_lock
 from protlm.models.esm import ESM
-from protlm.pretrained.load import packaged_root
+from protlm.pretrained.identity import packaged_root
 from protlm.pretrained.registry import REGISTRY
-from protlm.records import changed_records, check_changed, record_stem, sequence_hash
+from protlm.runtime.options import InferenceOptions
+from protlm.io import changed_records, check_changed, record_stem, sequence_hash
 
 
 def load_structures(specs: Sequence[str | Path], alphabet: Alphabet) -> list[ChainStructure]:
@@ -167,7 +168,7 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
                   head: BilinearContactHead | None = None, truth: ChainStructure | None = None,
                   settings: dict | None = None, overwrite_changed: bool = False) -> Iterator[tuple[Path, bool]]:
     """Write `<stem>.npy` (L x L float32), `<stem>.png` and `<stem>.json` per record (stem:
-    protlm.records.record_stem of the ID); yields (npy path, computed).
+    protlm.io.record_stem of the ID); yields (npy path, computed).
 
     Each file is written atomically and the JSON (ID, sequence hash, length) last, so a record
     with all three is done: a rerun after a kill skips it (computed=False). A done record whose
@@ -175,7 +176,7 @@ def predict_fasta(model: ESM, alphabet: Alphabet, records, output: Path,
     `settings` (model, head, ...) are recorded in `output/.settings.json` (hidden: no record's
     files can have its name), and a folder made with other settings is refused. With `truth`, its
     true contacts are drawn over every record, so every record must be the chain's sequence
-    (checked before anything is written). The folder's lock (protlm.lock) is held until the last
+    (checked before anything is written). The folder's lock (protlm.io) is held until the last
     record: a second writer fails at once.
     """
     if truth is not None:
@@ -234,18 +235,19 @@ def _write_record(model, alphabet, rec, output: Path, head, truth, seq_hash: str
     return npy
 
 
-def load_for_contacts(model_name: str, head: str = "attention", head_weights: str | None = None,
-                      dtype: str = "fp32"):
-    """(model, alphabet, bilinear head or None) ready to predict with the chosen head.
+def load_for_contacts(opts: InferenceOptions, head: str = "attention", head_weights: str | None = None):
+    """(model, alphabet, bilinear head or None) ready to predict with the chosen head, on
+    `opts.device` in `opts.dtype` (resolve the options first).
 
-    `dtype`: inference precision on the CPU (fp32, bf16, int8, auto: protlm.engine.precision).
     Attention head: regression from `head_weights` if given, else `contact_regression.safetensors`
     in a protlm model folder if present, else whatever the checkpoint carries.
     """
-    from protlm import load_model_and_alphabet
-    from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression
-    from protlm.engine import precision
+    from protlm.pretrained.contact_regression import REGRESSION_FILE, load_contact_regression
+    from protlm.pretrained.load import load_model_and_alphabet
+    from protlm.runtime import precision
+    from protlm.runtime.options import check_device
 
+    model_name = opts.model
     model, alphabet = load_model_and_alphabet(model_name)
     bilinear = None
     if head == "bilinear":
@@ -258,8 +260,10 @@ def load_for_contacts(model_name: str, head: str = "attention", head_weights: st
         load_contact_regression(model, head_weights)
     elif (Path(model_name) / REGRESSION_FILE).is_file():
         load_contact_regression(model, Path(model_name) / REGRESSION_FILE)
-    if dtype != "fp32":  # after the head is loaded: its fp32 weights go through the same cast
-        model = precision.prepare_model(model, "cpu", dtype, source=model_name, verbose=False)
+    # after the head is loaded: its fp32 weights go through the same cast
+    model = precision.prepare_model(model, check_device(opts.device), opts.dtype, source=model_name, verbose=False)
+    if bilinear is not None:
+        bilinear = bilinear.to(next(model.parameters()).device)
     return model, alphabet, bilinear
 
 

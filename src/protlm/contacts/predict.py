@@ -3,7 +3,7 @@
 Every map here is over residues only (BOS/EOS stripped), as in fair-esm: (L, L) for an
 L-residue sequence. Proteins longer than the model's limit are cut into windows of
 `max_sequence_length` residues overlapping by half; pairs seen in several windows are averaged
-(`protlm.windows`), pairs never seen together get 0.
+(`protlm.data.windows`), pairs never seen together get 0.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 
 from protlm.alphabet import Alphabet
 from protlm.contacts.bilinear import BilinearContactHead
-from protlm.engine import Engine
+from protlm.embed.engine import Engine
 from protlm.models.esm import ESM
 from protlm.models.heads import UNFITTED_MESSAGE, UncalibratedContactsWarning
-from protlm.windows import merge_2d, window_spans
+from protlm.data.windows import merge_2d, window_spans
 
 
 def _tokens(alphabet: Alphabet, seq: str, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protlm.data.batching import budget_batches
+
 # Hash values are signed 64-bit; map to [0, 1) through the unsigned value.
 _TWO64 = float(2**64)
 
@@ -36,31 +38,6 @@ def crop_window(length: int, max_length: int, rng: np.random.Generator) -> tuple
         return 0, length
     start = int(rng.integers(0, length - max_length + 1))
     return start, start + max_length
-
-
-def pack_batches(costs: np.ndarray, order: np.ndarray, toks_per_batch: int, min_seqs: int = 1,
-                 packed: bool = False) -> list[np.ndarray]:
-    """Greedy batches of `order` within a token budget, in that order.
-
-    Padded (`order` sorted by cost): len(batch) * max cost <= toks_per_batch. Packed: the sum of
-    the costs <= toks_per_batch. A batch always gets at least `min_seqs` sequences (so every
-    rank has rows) even if that exceeds the budget.
-    """
-    batches, current, width, total = [], [], 0, 0
-    for i in order:
-        c = int(costs[i])
-        size = total + c if packed else (len(current) + 1) * max(width, c)
-        if len(current) >= min_seqs and size > toks_per_batch:
-            batches.append(np.asarray(current, dtype=np.int64))
-            current, width, total = [], 0, 0
-        current.append(int(i))
-        width, total = max(width, c), total + c
-    if current and len(current) < min_seqs and batches:
-        # a short leftover joins the previous batch rather than leave some rank without rows
-        batches[-1] = np.concatenate([batches[-1], np.asarray(current, dtype=np.int64)])
-    elif current:
-        batches.append(np.asarray(current, dtype=np.int64))
-    return batches
 
 
 @dataclass(frozen=True)
@@ -85,14 +62,12 @@ class BatchPlan:
         perm = rng.permutation(self.indices)
         costs = self.costs
         order = perm if self.packed else perm[np.argsort(costs[perm], kind="stable")]
-        batches = pack_batches(costs, order, self.toks_per_batch, self.min_seqs, self.packed)
+        batches = self._group(costs, order)
         return [batches[j] for j in rng.permutation(len(batches))]
 
-    def fixed_batches(self) -> list[np.ndarray]:
-        """Unshuffled length-sorted batches (validation: same every time)."""
-        costs = self.costs
-        order = self.indices[np.argsort(costs[self.indices], kind="stable")]
-        return pack_batches(costs, order, self.toks_per_batch, self.min_seqs, self.packed)
+    def _group(self, costs: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(b, dtype=np.int64) for b in budget_batches(
+            costs, self.toks_per_batch, packed=self.packed, order=order, min_seqs=self.min_seqs)]
 
     def shard(self, batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
         """This rank's rows of a global batch: rows rank::world when padded, token-balanced when packed."""

@@ -18,9 +18,9 @@ import torch
 
 from protlm.alphabet import Alphabet
 from protlm.contacts import pipeline
-from protlm.contacts.fit import load_contact_regression, save_regression, set_regression
+from protlm.pretrained.contact_regression import load_contact_regression, save_regression, set_regression
 from protlm.contacts.structures import ChainStructure
-from protlm.records import record_stem
+from protlm.io import record_stem
 
 DEFAULT_C = 0.15  # as `protlm contacts fit`
 

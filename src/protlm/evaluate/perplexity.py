@@ -1,4 +1,6 @@
-"""Masked perplexity of a model on a FASTA file, reproducible to the last bit.
+"""Masked perplexity: the one protocol of protlm, used by `protlm evaluate`, by `protlm train`'s
+validation and by scripts/eval_perplexity.py, so each gives the same figure for the same model
+and sequences.
 
 The ESM protocol: 15% of the residues of each sequence are selected, 80% of those become <mask>,
 10% a random residue, 10% stay; the perplexity is exp(mean cross-entropy) over the selected
@@ -21,19 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from protlm.alphabet import Alphabet
-from protlm.data.sampler import pack_batches
-from protlm.records import sequence_hash
-from protlm.train.batches import MLMBatch, collate_packed, masked_example
-from protlm.train.loop import masked_logits
+from protlm.data.batching import budget_batches
+from protlm.data.masking import MLMBatch, collate_packed, masked_example, masked_logits
+from protlm.io import sequence_hash
+from protlm.models.encoder import has_mlm_head
+from protlm.runtime.distributed import Dist, all_reduce_sum
 
-DEFAULT_SEED = 1234  # as data.valid_seed: the validation masks of `protlm train`
+DEFAULT_SEED = 1234  # as data.valid_seed of `protlm train`
 DEFAULT_MAX_LENGTH = 1022  # residues; longer sequences get a random (seeded) crop, as in ESM
-
-
-def has_mlm_head(model: torch.nn.Module) -> bool:
-    """True when the model predicts masked tokens (an `lm_head`); encoders such as ProtT5's
-    have none, and no masked perplexity."""
-    return getattr(model, "lm_head", None) is not None
 
 
 def record_rng(sequence: str, seed: int) -> np.random.Generator:
@@ -60,24 +57,29 @@ class MaskPlan:
     mask_prob: float = 0.15
     toks_per_batch: int = 8192  # real tokens per packed batch (does not change the result)
 
-    def batches(self, alphabet: Alphabet) -> Iterator[tuple[int, MLMBatch]]:
-        """(sequences in the batch, packed MLMBatch), length-sorted: little work is wasted."""
+    def batches(self, alphabet: Alphabet, rank: int = 0, world: int = 1) -> Iterator[tuple[int, MLMBatch]]:
+        """(sequences in the global batch, this rank's packed MLMBatch), length-sorted: little
+        work is wasted. Every batch has rows for every rank (rows rank::world), so all ranks run
+        the same number of forwards, as FSDP needs."""
         costs = np.minimum([len(s) for s in self.sequences], self.max_length) + 2
         order = np.argsort(costs, kind="stable")
-        for rows in pack_batches(costs, order, self.toks_per_batch, packed=True):
+        for rows in budget_batches(costs, self.toks_per_batch, packed=True, order=order, min_seqs=world):
             pairs = [masked_example(self.sequences[r], record_rng(self.sequences[r], self.seed),
-                                    self.max_length, alphabet, self.mask_prob) for r in rows]
+                                    self.max_length, alphabet, self.mask_prob) for r in rows[rank::world]]
             yield len(rows), collate_packed(pairs)
 
 
 @torch.no_grad()
-def masked_perplexity(model: torch.nn.Module, alphabet: Alphabet, plan: MaskPlan,
-                      progress: bool = False) -> dict[str, float] | None:
+def masked_perplexity(model: torch.nn.Module, alphabet: Alphabet, plan: MaskPlan, progress: bool = False,
+                      d: Dist = Dist(), autocast_dtype=None) -> dict[str, float] | None:
     """{'perplexity', 'cross_entropy', 'masked_tokens', 'sequences'}; None without an MLM head.
 
     exp(mean cross-entropy) over every masked position of `plan` (see the module docstring).
+    With several ranks (`d`, torchrun) each computes its rows of every batch and the sums are
+    all-reduced: every rank returns the figure (equal to one process's up to float64 rounding).
+    `model` may be wrapped (DDP, FSDP).
     """
-    if not has_mlm_head(model):
+    if not has_mlm_head(getattr(model, "module", model)):
         return None
     from tqdm import tqdm
 
@@ -87,14 +89,16 @@ def masked_perplexity(model: torch.nn.Module, alphabet: Alphabet, plan: MaskPlan
     losses: list[float] = []
     with tqdm(total=len(plan.sequences), desc="perplexity", unit="seq", disable=not progress,
               dynamic_ncols=True) as bar:
-        for n, batch in plan.batches(alphabet):
-            logits_MV, targets_M = masked_logits(model, batch.to(device), None)
+        for n, batch in plan.batches(alphabet, d.rank, d.world):
+            logits_MV, targets_M = masked_logits(model, batch.to(device), autocast_dtype)
             losses.extend(F.cross_entropy(logits_MV.float(), targets_M, reduction="none").tolist())
             bar.update(n)
     model.train(was_training)
-    if not losses:
+    total = all_reduce_sum(torch.tensor([math.fsum(losses), len(losses)], dtype=torch.float64, device=device), d)
+    ce_sum, count = total.tolist()
+    if not count:
         return {"perplexity": float("nan"), "cross_entropy": float("nan"), "masked_tokens": 0,
                 "sequences": len(plan.sequences)}
-    ce = math.fsum(losses) / len(losses)
-    return {"perplexity": math.exp(ce), "cross_entropy": ce, "masked_tokens": len(losses),
+    ce = ce_sum / count
+    return {"perplexity": math.exp(ce), "cross_entropy": ce, "masked_tokens": int(count),
             "sequences": len(plan.sequences)}

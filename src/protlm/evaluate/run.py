@@ -3,11 +3,12 @@
 Each finished model's row is written atomically to `OUTPUT.parts/<stem>.json` with the key of
 what produced it (the model's identity, the inputs' contents, the options that change a figure);
 a rerun reuses a row whose key matches, so a killed evaluation never redoes finished models, and
-recomputes one whose inputs changed. The output's lock (protlm.lock) is held throughout.
+recomputes one whose inputs changed. The output's lock (protlm.io) is held throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -19,9 +20,8 @@ from protlm.contacts.structures import ChainStructure
 from protlm.evaluate.contacts import DEFAULT_C, contact_precision, heads_file
 from protlm.evaluate.perplexity import DEFAULT_MAX_LENGTH, DEFAULT_SEED, MaskPlan, masked_perplexity, subsample
 from protlm.evaluate.table import DASH
-from protlm.io import atomic_write, stale_temps
-from protlm.lock import output_lock
-from protlm.records import record_stem
+from protlm.io import atomic_write, output_lock, record_stem, stale_temps
+from protlm.runtime.options import InferenceOptions
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,6 @@ class EvalSettings:
     max_sequences: int | None = None
     mask_prob: float = 0.15
     C: float = DEFAULT_C
-    unknown: str | None = None  # 'X': map letters outside the alphabet to X (else they are refused)
-    toks_per_batch: int = 8192  # not in the key: batches do not change the perplexity
-    device: str = "cpu"  # not in the key
 
 
 @dataclass
@@ -49,15 +46,15 @@ class EvalData:
     held: list[ChainStructure]
 
 
-def load_data(s: EvalSettings) -> EvalData:
-    """Sequences (cleaned, subsampled) and the split structure chains of `s`."""
+def load_data(s: EvalSettings, unknown: str | None = None) -> EvalData:
+    """Sequences (cleaned, subsampled; `unknown` as in read_fasta) and the split structure chains."""
     from protlm.contacts import pipeline
     from protlm.contacts.structures import structure_files
     from protlm.data.fasta import load_fasta
 
     alphabet, seqs, train, held = Alphabet(), [], [], []
     if s.perplexity_fasta:
-        seqs = [r.sequence for r in load_fasta(s.perplexity_fasta, alphabet=alphabet, unknown=s.unknown)]
+        seqs = [r.sequence for r in load_fasta(s.perplexity_fasta, alphabet=alphabet, unknown=unknown)]
         seqs = [seqs[i] for i in subsample(seqs, s.max_sequences)]
     if s.structures:
         train, held = pipeline.split_chains(pipeline.protein_chains(structure_files(s.structures), alphabet))
@@ -72,10 +69,11 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def part_key(name: str, s: EvalSettings) -> str:
-    """SHA-256 of what a model's row depends on: model identity, input contents, options."""
+def part_key(name: str, s: EvalSettings, opts: InferenceOptions = InferenceOptions()) -> str:
+    """SHA-256 of what a model's row depends on: model identity, input contents, options (not
+    the device or the batch size, which change no figure)."""
     from protlm.contacts.structures import structure_files
-    from protlm.pretrained.load import model_identity
+    from protlm.pretrained.identity import model_identity
 
     heads = heads_file(s.heads, name) if s.heads else None
     what = {
@@ -85,14 +83,15 @@ def part_key(name: str, s: EvalSettings) -> str:
                        if s.structures else None),
         "heads": _file_digest(heads) if heads is not None and heads.is_file() else
                  (model_identity(str(heads)) if heads is not None else None),
-        **{k: v for k, v in asdict(s).items() if k not in ("perplexity_fasta", "structures", "heads",
-                                                           "toks_per_batch", "device")},
+        **{k: v for k, v in asdict(s).items() if k not in ("perplexity_fasta", "structures", "heads")},
+        "unknown": opts.unknown,
+        **({"dtype": opts.dtype} if opts.dtype != "fp32" else {}),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def evaluate_model(model, alphabet: Alphabet, name: str, data: EvalData, s: EvalSettings,
-                   save_head: Path | None = None, progress: bool = False) -> dict:
+                   save_head: Path | None = None, progress: bool = False, toks_per_batch: int = 4096) -> dict:
     """One model's row: {'model', 'params', 'perplexity': dict | None, 'contacts': dict | None}.
 
     'perplexity' is None without an MLM head or without sequences; 'contacts' is None without an
@@ -102,7 +101,7 @@ def evaluate_model(model, alphabet: Alphabet, name: str, data: EvalData, s: Eval
            "perplexity": None, "contacts": None}
     if data.sequences:
         plan = MaskPlan(data.sequences, s.seed, getattr(getattr(model, "config", None), "max_sequence_length",
-                                                        DEFAULT_MAX_LENGTH), s.mask_prob, s.toks_per_batch)
+                                                        DEFAULT_MAX_LENGTH), s.mask_prob, toks_per_batch)
         row["perplexity"] = masked_perplexity(model, alphabet, plan, progress)
     if data.held:
         row["contacts"] = contact_precision(model, alphabet, name, data.train, data.held,
@@ -147,43 +146,45 @@ def check_model_names(models: Sequence[str]) -> None:
         registry.get(name)  # raises, listing the published names
 
 
-def run_evaluation(models: Sequence[str], s: EvalSettings, output: str | Path, fmt: str = "md",
-                   progress: bool = False, echo: Callable[[str], None] = print,
-                   loader: Callable | None = None) -> str:
+def run_evaluation(models: Sequence[str], s: EvalSettings, output: str | Path, opts: InferenceOptions | None = None,
+                   fmt: str = "md", echo: Callable[[str], None] = print, loader: Callable | None = None) -> str:
     """Evaluate `models` in order, resuming from OUTPUT.parts, and write the table to `output`;
-    returns it as Markdown.
+    returns it as Markdown. `opts` (its model unused): device, precision, batch size, progress,
+    unknown characters.
 
-    `loader(name, device=...)` -> (model, alphabet): protlm.load_model_and_alphabet by default.
+    `loader(name)` -> (model, alphabet): protlm's loader by default.
     A head fitted here is saved as OUTPUT.parts/<stem>.safetensors (reusable with --heads).
     """
     if loader is None:
-        from protlm import load_model_and_alphabet as loader
         check_model_names(models)
-    data = load_data(s)
+    opts = (opts or InferenceOptions()).resolved()
+    data = load_data(s, opts.unknown)
     if data.held:
         echo(f"contacts: scored on {len(data.held)} held-out chains ({_labels(data.held)}); heads fitted "
              f"here use the other {len(data.train)} ({_labels(data.train)})")
     with output_lock(output):
-        rows = [_model_row(name, s, data, parts_dir(output), progress, echo, loader) for name in models]
+        rows = [_model_row(name, s, opts, data, parts_dir(output), echo, loader) for name in models]
         atomic_write(output, render(rows, s, data, fmt))
     return render(rows, s, data, "md")
 
 
-def _model_row(name: str, s: EvalSettings, data: EvalData, parts: Path, progress: bool, echo, loader) -> dict:
+def _model_row(name: str, s: EvalSettings, opts: InferenceOptions, data: EvalData, parts: Path, echo,
+               loader) -> dict:
     """The row of one model: from its part file when the key matches, else computed and saved."""
     parts.mkdir(parents=True, exist_ok=True)
     path = parts / f"{record_stem(name)}.json"
     for tmp in stale_temps(path):
         tmp.unlink()  # cut off by a kill; ours alone while we hold the lock
-    key = part_key(name, s)
+    key = part_key(name, s, opts)
     if path.is_file():
         found = json.loads(path.read_text())
         if found.get("key") == key:
             echo(f"{name}: done in an earlier run ({path}), not recomputed")
             return found["row"]
     echo(f"{name}: evaluating")
-    model, alphabet = loader(name, device=s.device)
-    row = evaluate_model(model.float(), alphabet, name, data, s, parts / f"{record_stem(name)}.safetensors", progress)
+    model, alphabet = dataclasses.replace(opts, model=name).load(loader, verbose=False)
+    row = evaluate_model(model, alphabet, name, data, s, parts / f"{record_stem(name)}.safetensors",
+                         opts.progress, opts.toks_per_batch)
     atomic_write(path, json.dumps({"key": key, "row": row}, indent=1))
     return row
 

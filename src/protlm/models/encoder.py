@@ -29,6 +29,12 @@ def resolve_layers(repr_layers: Iterable[int], num_layers: int) -> list[int]:
     return sorted(out)
 
 
+def has_mlm_head(model: torch.nn.Module) -> bool:
+    """True when the model predicts masked tokens (an `lm_head`); encoders such as ProtT5's
+    have none, and no masked perplexity or variant scores."""
+    return getattr(model, "lm_head", None) is not None
+
+
 def run_encoder(model, x: torch.Tensor, layout: Layout, repr_layers: Iterable[int],
                 need_head_weights: bool = False, return_contacts: bool = False,
                 tokens_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
@@ -75,4 +81,4 @@ def run_encoder(model, x: torch.Tensor, layout: Layout, repr_layers: Iterable[in
     return x, result
 
 
-__all__ = ["resolve_layers", "run_encoder"]
+__all__ = ["has_mlm_head", "resolve_layers", "run_encoder"]

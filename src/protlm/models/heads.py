@@ -1,4 +1,5 @@
-"""Heads composed with the backbone: the attention-based contact head."""
+"""Heads composed with the backbone: the attention-based contact head and its pure feature
+functions (`symmetrize`, `apc`, kept beside the head as fair-esm keeps them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,21 @@ from torch import nn
 
 from protlm.errors import ProtlmWarning
 
-from protlm.contacts.features import apc, symmetrize
+
+def symmetrize(x: torch.Tensor) -> torch.Tensor:
+    """x + x^T over the last two dimensions."""
+    return x + x.transpose(-1, -2)
+
+
+def apc(x: torch.Tensor) -> torch.Tensor:
+    """Average product correction (Dunn et al. 2008) over the last two dimensions.
+
+    Removes the background coupling a_i * a_j / a expected from row and column sums alone.
+    """
+    a1 = x.sum(-1, keepdim=True)
+    a2 = x.sum(-2, keepdim=True)
+    a12 = x.sum((-1, -2), keepdim=True)
+    return x - a1 * a2 / a12
 
 
 UNFITTED_MESSAGE = ("this model has no fitted contact regression: its contact maps are not calibrated "

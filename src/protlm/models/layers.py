@@ -112,15 +112,19 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
+    def table(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (length, hd), computed in fp32 (a bf16 arange would round positions
+        past 256) and then cast."""
+        t = torch.arange(length, device=device, dtype=self.inv_freq.dtype)
+        emb = torch.cat((torch.outer(t, self.inv_freq),) * 2, dim=-1)  # (L, hd)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
     def forward(self, q_XHd: torch.Tensor, k_XHd: torch.Tensor, positions_X: torch.Tensor, max_seqlen: int):
         """q, k (..., T or N, H, hd) rotated by each token's position (T,) or (N,), all below
         `max_seqlen` (a host number: the table is built without reading the device)."""
-        t = torch.arange(max_seqlen, device=q_XHd.device, dtype=self.inv_freq.dtype)
-        freqs = torch.outer(t, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hd)
+        cos, sin = self.table(max_seqlen, q_XHd.device, q_XHd.dtype)
         # the table's rows for each token, (T or N, 1, hd): broadcast over heads (and batch)
-        cos = emb.cos().to(q_XHd.dtype)[positions_X].unsqueeze(-2)
-        sin = emb.sin().to(q_XHd.dtype)[positions_X].unsqueeze(-2)
+        cos, sin = cos[positions_X].unsqueeze(-2), sin[positions_X].unsqueeze(-2)
         return q_XHd * cos + self._rotate_half(q_XHd) * sin, k_XHd * cos + self._rotate_half(k_XHd) * sin
 
 

@@ -4,9 +4,10 @@
     model, alphabet = protlm.pretrained.load_model_and_alphabet_local("esm2_t6_8M_UR50D.pt")
     model, alphabet = protlm.pretrained.load_model_and_alphabet_hub("esm1b_t33_650M_UR50S")
 
-Each returns (model in eval mode, Alphabet) like `protlm.load_model_and_alphabet`, which takes
-names and paths alike (and device / dtype). The weights come from the cache fair-esm and
-torch.hub use (downloaded when missing and a network is there; see protlm.pretrained.download).
+Each returns (fp32 model in eval mode, Alphabet) like `protlm.load_model_and_alphabet`, which
+takes names and paths alike (`device=` works here too; an inference `dtype=` is applied by
+`protlm.load_model_and_alphabet`, above this layer). The weights come from the cache fair-esm and torch.hub use
+(downloaded when missing and a network is there; see protlm.pretrained.download).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def load_published_carp(data: Mapping[str, Any], source: str):
     """A CARP model from a published-layout dict (already read with weights_only=True); strict:
     every key and shape must match the config the file declares."""
     from protlm.models.carp import build_carp
-    from protlm.pretrained.load import CheckpointError, load_state_strict  # load imports this module
+    from protlm.pretrained.checkpoint import CheckpointError, load_state_strict
 
     state = data[STATE_KEY]
     if not isinstance(state, Mapping):

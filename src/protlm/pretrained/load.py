@@ -1,155 +1,32 @@
-"""`load_model_and_alphabet`: published names, fair-esm .pt files, HF folders, protlm folders.
+"""`load_model`: published names, fair-esm .pt files, HF folders, protlm folders -> a model.
 
 HF folders are read by their `model_type`: 'esm' (EsmForMaskedLM) or 't5' (T5EncoderModel or
 the full T5ForConditionalGeneration, of which the encoder is kept; ProtT5); the family's config,
-builder, key map and tokenizer come from protlm.pretrained.registry.
-
-Safety: .pt files are read with `torch.load(weights_only=True)`, allowing tensors, containers and
-exactly one metadata class, `argparse.Namespace` (ESM-1b's `args` and ESM-2's `cfg["model"]`
-are Namespaces). A pickle that names anything else (e.g. `os.system`) is refused, never run.
-Loading is strict: every key and shape must match, apart from an explicit list allowed missing.
+builder, key map and tokenizer come from protlm.pretrained.registry. Files are read safely and
+loaded strictly (protlm.pretrained.checkpoint). Loading returns an fp32 model in eval mode: an
+inference precision (bf16, int8, ...) is applied by whoever asks for it (protlm.runtime.precision,
+or `protlm.load_model_and_alphabet(..., dtype=...)`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import json
-import pickle
-import zipfile
-from argparse import Namespace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
 
 import torch
 
 from protlm.alphabet import Alphabet
-from protlm.errors import NotFoundError, ProtlmError
-from protlm.models.config import ESMConfig
+from protlm.errors import NotFoundError
 from protlm.models.esm import ESM, build_model
-from protlm.pretrained import convert, convert_carp, download, protlm_format, registry
+from protlm.pretrained import convert, convert_carp, download, identity, protlm_format, registry
+from protlm.pretrained.checkpoint import (CheckpointError, check_family, load_safetensors, load_state_strict,
+                                          safe_torch_load)
+from protlm.pretrained.contact_regression import REGRESSION_FILE, load_contact_regression
 
-# The only non-tensor class published fair-esm files need (see the module docstring).
-SAFE_GLOBALS = [Namespace]
 CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
-TIED_KEY, EMBED_KEY = "lm_head.weight", "embed_tokens.weight"
 
 
-class CheckpointError(ProtlmError, ValueError):
-    """A checkpoint that cannot be loaded: unsafe, corrupt, wrong family or mismatched keys."""
-
-
-# ------------------------------------------------------------------ safe reading
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True and only SAFE_GLOBALS allowed; clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"no such checkpoint file: {path}")
-    if not _starts_like_checkpoint(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); "
-                              "is it the right file?")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise CheckpointError(
-                f"{path}: refused to unpickle: the file holds more than tensors, containers and "
-                f"argparse.Namespace ({_detail(e)}); nothing in it was executed"
-            ) from None
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_detail(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{_detail(e)})") from None
-
-
-def _is_zip(path: Path) -> bool:
-    # mmap avoids a second in-memory copy of large files; only the zip format supports it.
-    return zipfile.is_zipfile(path)
-
-
-def _starts_like_checkpoint(path: Path) -> bool:
-    # torch.save writes a zip archive, or (legacy) pickles of protocol >= 2, which open with the
-    # PROTO opcode 0x80. Anything else, e.g. a text file, would reach the unpickler and fail with
-    # a bare KeyError: 101. Empty and truncated files pass here and are reported as truncated.
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head in (b"", b"PK\x03\x04") or head.startswith(b"\x80")
-
-
-def _detail(e: Exception) -> str:
-    """The informative part of torch's long weights-only message (e.g. the refused GLOBAL)."""
-    boiler = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(boiler)]
-    return " ".join(useful)[:300] or type(e).__name__
-
-
-def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors (never runs code); CheckpointError when it is broken."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise NotFoundError(f"no such weights file: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
-
-
-# ------------------------------------------------------------------ strict loading
-def _short(keys: Iterable[str], n: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_state_strict(model: ESM, state: Mapping[str, torch.Tensor], source: str,
-                      allowed_missing: Iterable[str] = ()) -> list[str]:
-    """Load `state` (protlm keys) into `model`; every difference is listed in one CheckpointError.
-
-    `lm_head.weight` is tied to `embed_tokens.weight`: it may be absent, and when present it must
-    equal the embedding. Returns the allowed keys that were missing (left at initialisation).
-    """
-    expected = model.state_dict()
-    state = dict(state)
-    tied = state.pop(TIED_KEY, None)
-    if tied is not None and EMBED_KEY in state and not torch.equal(tied.float(), state[EMBED_KEY].float()):
-        raise CheckpointError(f"{source}: the LM head's decoder weight differs from the token "
-                              "embedding it must be tied to")
-    allowed = set(allowed_missing) | {TIED_KEY}
-    missing = set(expected) - set(state) - allowed
-    unexpected = set(state) - set(expected)
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-              for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): " + "; ".join(shapes[:12]))
-    if problems:
-        raise CheckpointError(f"{source}: checkpoint does not match the model "
-                              f"({model.config.family}, {model.num_layers} layers, d={model.embed_dim}):\n  "
-                              + "\n  ".join(problems))
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
-    return sorted((set(expected) - set(state)) - {TIED_KEY})
-
-
-def _check_family(config: ESMConfig, state: Mapping[str, torch.Tensor], source: str, declared: str) -> None:
-    found = convert.detect_family(state)
-    if found != "unknown" and found != config.family:
-        what = {"esm1b": "ESM-1b (learned position table)", "esm2": "ESM-2 (rotary inv_freq)"}
-        raise CheckpointError(f"{source}: wrong model family: the weights are {what[found]} but "
-                              f"{declared} declares {what[config.family]}")
-
-
-# ------------------------------------------------------------------ formats
 def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM:
     """A published fair-esm .pt (ESM-1b `args` or ESM-2 `cfg`), with `<stem>-contact-regression.pt`
     beside it when present (or `regression` if given)."""
@@ -166,7 +43,7 @@ def load_fair_esm(path: str | Path, regression: str | Path | None = None) -> ESM
     except (ValueError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     declared = "its `cfg` (ESM-2)" if "cfg" in data else "its `args` (ESM-1b, arch=roberta_large)"
-    _check_family(config, state, str(path), declared)
+    check_family(config, state, str(path), declared)
     model = build_model(config)
     if config.family == "esm1b":
         state = convert.fair_esm_v1_fixups(state, model.alphabet)
@@ -248,7 +125,7 @@ def load_hf_esm(path: Path, hf_cfg: dict) -> ESM:
         # conversion; transformers ignores it on load too.
         state.pop("embed_positions.weight", None)
     declared = f"config.json (position_embedding_type={hf_cfg.get('position_embedding_type')!r})"
-    _check_family(config, state, str(path), declared)
+    check_family(config, state, str(path), declared)
     model = build_model(config, alphabet)
     # Rotary inv_freq is copied when the file has it (fp16-trained values differ from a recompute);
     # only when absent is the model's own computation kept.
@@ -266,44 +143,10 @@ def load_hf_esm(path: Path, hf_cfg: dict) -> ESM:
 UNFITTED_HF_KEY = "protlm_contact_head_fitted"  # in config.json of HF folders protlm writes
 
 
-def packaged_root():
-    """Folder of the weights shipped inside protlm (a Traversable)."""
-    return importlib.resources.files("protlm") / "weights"
-
-
-def model_identity(name_or_path: str) -> str:
-    """What a model name or path stands for, to key caches and resumable outputs: a published
-    name, or an absolute path + its newest modification time.
-
-    Packaged weights (e.g. 'protlm_small') are keyed by a hash of their files' contents, so a
-    new release of the shipped weights does not reuse vectors from the old one, while a
-    reinstall of the same release (another path, new modification times) still resumes.
-    """
-    p = Path(name_or_path)
-    entry = registry.REGISTRY.get(str(name_or_path))
-    if not p.exists() and entry is not None and entry.packaged:
-        p = Path(str(packaged_root() / entry.packaged))
-        return f"{name_or_path}:{_contents_hash(p) if p.exists() else 'missing'}"
-    if p.exists():
-        files = [p, *p.glob("*")] if p.is_dir() else [p]
-        newest = max(f.stat().st_mtime for f in files)
-        return f"{p.resolve()}@{newest:.0f}"
-    return str(name_or_path)
-
-
-def _contents_hash(folder: Path) -> str:
-    """SHA-256 (first 16 hex digits) over the names and bytes of a folder's files (small folders:
-    the packaged weights are ~15 MB)."""
-    h = hashlib.sha256()
-    for f in sorted(x for x in folder.rglob("*") if x.is_file()):
-        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def load_published(name: str) -> ESM:
     entry = registry.get(name)
     if entry.packaged:
-        folder = packaged_root() / entry.packaged
+        folder = identity.packaged_root() / entry.packaged
         with importlib.resources.as_file(folder) as p:
             if not protlm_format.is_protlm_dir(p):
                 raise CheckpointError(f"packaged weights for {name!r} are missing or broken at {p}")
@@ -322,8 +165,6 @@ def load_path(path: str | Path) -> ESM:
     path = Path(path)
     if path.is_dir():
         if protlm_format.is_protlm_dir(path):
-            from protlm.contacts.fit import REGRESSION_FILE, load_contact_regression  # fit imports this module
-
             model = protlm_format.load_protlm(path)
             beside = path / REGRESSION_FILE  # a fitted attention head shipped with the weights
             if beside.is_file():
@@ -339,34 +180,31 @@ def load_path(path: str | Path) -> ESM:
     raise NotFoundError(f"no such checkpoint: {path}")
 
 
-def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None,
-                            dtype: str | None = None):
-    """(model in eval mode, Alphabet) from a published name or a checkpoint path.
+def load_model(name_or_path: str | Path) -> torch.nn.Module:
+    """The fp32 model (eval mode) of a published name or a checkpoint path.
 
-    `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
-    (protlm.engine.precision; int8 weights are cached after the first quantization).
-    Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it), an HF
-    folder (EsmForMaskedLM or T5 layout), a protlm folder. Names: see `protlm.pretrained.registry`;
-    a published model's Hugging Face repo id (e.g. 'facebook/esm2_t6_8M_UR50D') works too.
-    Weights load as fp32 whatever the file holds (ProtT5's half encoder is fp16) before `dtype`
-    applies.
+    Paths: a fair-esm .pt file (ESM-1b or ESM-2, contact regression read from beside it; or
+    CARP's published layout), an HF folder (EsmForMaskedLM or T5 layout), a protlm folder.
+    Names: see `protlm.pretrained.registry`; a published model's Hugging Face repo id (e.g.
+    'facebook/esm2_t6_8M_UR50D') works too. Weights load as fp32 whatever the file holds
+    (ProtT5's half encoder is fp16).
     """
     text = str(name_or_path)
     if Path(text).exists():
-        model = load_path(text)
-    elif text in registry.REGISTRY:
-        model = load_published(text)
-    elif registry.by_hf_repo(text) is not None:  # a Hugging Face repo id of a published model
-        model = load_published(registry.by_hf_repo(text).name)
-    elif text.endswith(".pt") or "/" in text or "\\" in text:
+        return load_path(text).eval()
+    if text in registry.REGISTRY:
+        return load_published(text).eval()
+    if registry.by_hf_repo(text) is not None:  # a Hugging Face repo id of a published model
+        return load_published(registry.by_hf_repo(text).name).eval()
+    if text.endswith(".pt") or "/" in text or "\\" in text:
         raise NotFoundError(f"no such checkpoint: {text}")
-    else:
-        registry.get(text)  # raises UnknownModelError listing the published names
-        raise AssertionError("unreachable")
-    if dtype is not None:
-        from protlm.engine.precision import prepare_model  # precision imports this package
+    registry.get(text)  # raises UnknownModelError listing the published names
+    raise AssertionError("unreachable")
 
-        model = prepare_model(model, str(device or "cpu"), dtype, source=text)
-    elif device is not None:
+
+def load_model_and_alphabet(name_or_path: str | Path, device: str | torch.device | None = None):
+    """(fp32 model in eval mode on `device`, its Alphabet): `load_model`, fair-esm's pair."""
+    model = load_model(name_or_path)
+    if device is not None:
         model = model.to(device)
-    return model.eval(), model.alphabet
+    return model, model.alphabet

@@ -59,7 +59,7 @@ def save_protlm(model: ESM, path: str | Path, dtype: torch.dtype | None = None,
 
 
 def read_protlm_config(path: str | Path) -> dict[str, Any]:
-    from protlm.pretrained.load import CheckpointError  # load imports this module
+    from protlm.pretrained.checkpoint import CheckpointError
 
     config = Path(path) / CONFIG_FILE
     if not config.is_file():
@@ -85,7 +85,7 @@ def load_protlm(path: str | Path, weights_file: str | Path | None = None) -> ESM
     it (every missing, unexpected and misshapen key listed)."""
     from safetensors import SafetensorError
 
-    from protlm.pretrained.load import CheckpointError, load_state_strict  # load imports this module
+    from protlm.pretrained.checkpoint import CheckpointError, load_state_strict
 
     meta = read_protlm_config(path)
     try:

@@ -14,40 +14,14 @@ Two layouts of the same examples (`MLMBatch`):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from protlm.alphabet import Alphabet
 from protlm.data.index import FastaIndex
-from protlm.data.masking import IGNORE_INDEX, mask_tokens
-from protlm.data.sampler import BatchPlan, crop_window, iter_positions
-from protlm.models.layout import cu_seqlens_from_lengths
-
-
-class MLMBatch(NamedTuple):
-    """One micro-batch, padded (cu_seqlens None) or packed; see the module docstring."""
-
-    inputs: torch.Tensor  # (B, T) padded | (N,) packed
-    targets: torch.Tensor  # (B, T) with IGNORE_INDEX | (M,) masked positions only
-    cu_seqlens: torch.Tensor | None = None  # (B+1,) int32, packed only
-    masked_at: torch.Tensor | None = None  # (M,) long indices into inputs, packed only
-
-    @property
-    def packed(self) -> bool:
-        return self.cu_seqlens is not None
-
-    def num_tokens(self, padding_idx: int) -> int:
-        """Real (non-padding) tokens, BOS/EOS included."""
-        return self.inputs.numel() if self.packed else int(self.inputs.ne(padding_idx).sum())
-
-    def num_masked(self) -> int:
-        return int(self.targets.ne(IGNORE_INDEX).sum())
-
-    def to(self, device, non_blocking: bool = False) -> "MLMBatch":
-        return MLMBatch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self))
+from protlm.data.masking import MLMBatch, collate, collate_packed, masked_example
+from protlm.data.sampler import BatchPlan, iter_positions
 
 
 def example(index: FastaIndex, rec: int, seed: int, epoch: int, max_length: int,
@@ -56,37 +30,6 @@ def example(index: FastaIndex, rec: int, seed: int, epoch: int, max_length: int,
     rng = np.random.default_rng([seed, epoch, rec])
     seq = alphabet.clean(index[rec].sequence, record=index[rec].id)
     return masked_example(seq, rng, max_length, alphabet, mask_prob)
-
-
-def masked_example(seq: str, rng: np.random.Generator, max_length: int, alphabet: Alphabet,
-                   mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs_T, targets_T) of a clean sequence: crop and masks drawn from `rng` alone."""
-    start, end = crop_window(len(seq), max_length, rng)
-    bos = [alphabet.cls_idx] if alphabet.prepend_bos else []  # CARP: neither BOS nor EOS
-    eos = [alphabet.eos_idx] if alphabet.append_eos else []
-    tokens_T = torch.tensor([*bos, *alphabet.encode(seq[start:end]), *eos])
-    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    inputs, targets = mask_tokens(tokens_T[None], gen, alphabet, mask_prob=mask_prob)
-    return inputs[0], targets[0]
-
-
-def collate(pairs, alphabet: Alphabet) -> MLMBatch:
-    """Pad to (B, T): inputs with <pad>, targets with IGNORE_INDEX."""
-    width = max(len(x) for x, _ in pairs)
-    inputs_BT = torch.full((len(pairs), width), alphabet.padding_idx, dtype=torch.long)
-    targets_BT = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (x, y) in enumerate(pairs):
-        inputs_BT[i, : len(x)], targets_BT[i, : len(y)] = x, y
-    return MLMBatch(inputs_BT, targets_BT)
-
-
-def collate_packed(pairs) -> MLMBatch:
-    """Concatenate to (N,) with boundaries; keep the masked positions' targets only."""
-    inputs_N = torch.cat([x for x, _ in pairs])
-    targets_N = torch.cat([y for _, y in pairs])
-    masked_at = targets_N.ne(IGNORE_INDEX).nonzero().squeeze(1)  # (M,), found here, not on the GPU
-    cu_seqlens = cu_seqlens_from_lengths(torch.tensor([len(x) for x, _ in pairs]))
-    return MLMBatch(inputs_N, targets_N[masked_at], cu_seqlens, masked_at)
 
 
 def make_batch(index: FastaIndex, rows: np.ndarray, plan: BatchPlan, epoch: int, alphabet: Alphabet,
@@ -122,12 +65,3 @@ def rank_loader(fasta: str, plan: BatchPlan, epoch: int, batch: int, rank: int, 
                 num_workers: int = 0, mask_prob: float = 0.15):
     ds = RankBatches(fasta, plan, epoch, batch, rank, world, mask_prob)
     return iter(DataLoader(ds, batch_size=None, num_workers=num_workers))
-
-
-def fixed_batches(fasta: str, plan: BatchPlan, rank: int, world: int, mask_prob: float = 0.15):
-    """Validation batches (MLMBatch) for this rank: fixed order, crops and masks (seed = plan.seed)."""
-    index, alphabet = FastaIndex.open(fasta), Alphabet()
-    for batch in plan.fixed_batches():
-        rows = plan.shard(batch, rank, world)
-        if len(rows):
-            yield make_batch(index, rows, plan, 0, alphabet, mask_prob, plan.packed)

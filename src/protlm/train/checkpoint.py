@@ -45,7 +45,7 @@ def has_checkpoints(ckpt_root: Path) -> bool:
 
 def model_config(path: Path):
     """The model config a checkpoint folder was written with, from its config.json alone."""
-    from protlm.pretrained.load import CheckpointError  # load imports protlm_format
+    from protlm.pretrained.checkpoint import CheckpointError
 
     meta = read_protlm_config(path)
     try:

@@ -1,39 +1,39 @@
 """Masked-language-model training: `train(cfg)`, on one device or under torchrun.
 
 Read top to bottom: `setup` builds what a run needs (a `Run`: device, data plans, model,
-optimiser, schedule, the resumed position); `masked_ce_sum` and `train_step` are one optimiser
-step; `evaluate` is the held-out perplexity; `train` is the loop that reads batches, steps, logs,
-evaluates and checkpoints.
+optimiser, schedule, the resumed position); `train_step` is one optimiser step; `evaluate` is the
+held-out perplexity (protlm.evaluate.perplexity, the protocol every command shares); `train` is
+the loop that reads batches, steps, logs, evaluates and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from protlm.alphabet import InvalidSequenceError
+from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.data.index import FastaIndex
-from protlm.data.masking import IGNORE_INDEX
+from protlm.data.masking import MLMBatch, masked_ce_sum
 from protlm.data.sampler import BatchPlan, heldout_mask
 from protlm.errors import NotFoundError, ProtlmError
+from protlm.evaluate.perplexity import MaskPlan, masked_perplexity
 from protlm.models import build_model
 from protlm.models.config import ESMConfig
 from protlm.models.layers import init_weights
+from protlm.runtime.distributed import Dist, all_reduce_sum, init_distributed, leave_distributed, rank_device
 from protlm.train import checkpoint as ckpt
-from protlm.train.batches import MLMBatch, fixed_batches, rank_loader
+from protlm.train.batches import rank_loader
 from protlm.train.config import ConfigError, ModelSection, TrainConfig, validate
 from protlm.train.metrics import MetricsLogger
-from protlm.train.parallelize import (Dist, all_reduce_sum, init_distributed, leave_distributed, parallelize,
-                                     pick_device, unwrap)
+from protlm.train.parallelize import parallelize, unwrap
 from protlm.train.schedule import lr_multiplier
 
 
@@ -51,25 +51,32 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train_plan: BatchPlan
-    valid_plan: BatchPlan
+    valid_plan: MaskPlan
     step: int = 0  # optimiser steps done
     position: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0})  # next global batch
     resumed_from: Path | None = None
 
 
-def make_plans(cfg: TrainConfig, index: FastaIndex) -> tuple[BatchPlan, BatchPlan]:
-    """(train plan, held-out plan); the split is by a hash of the record ID."""
+def make_plans(cfg: TrainConfig, index: FastaIndex) -> tuple[BatchPlan, MaskPlan]:
+    """(train plan, held-out plan); the split is by a hash of the record ID, the held-out masks
+    are the shared protocol's (protlm.evaluate.perplexity: seeded by data.valid_seed and each
+    sequence's hash)."""
     d = cfg.data
     held = heldout_mask(np.asarray(index.id_hashes), d.valid_fraction)
-    lengths = np.asarray(index.lengths)
-    common = dict(lengths=lengths, toks_per_batch=d.toks_per_batch, max_length=d.max_length,
-                  min_seqs=d.min_seqs, packed=d.packed)
-    train = BatchPlan(np.flatnonzero(~held), seed=d.seed, **common)
-    valid = BatchPlan(np.flatnonzero(held), seed=d.valid_seed, **common)
-    if len(train.indices) == 0 or len(valid.indices) == 0:
+    train = BatchPlan(np.flatnonzero(~held), np.asarray(index.lengths), d.toks_per_batch, d.max_length, d.seed,
+                      d.min_seqs, d.packed)
+    valid = held_out_plan(cfg, index, np.flatnonzero(held))
+    if len(train.indices) == 0 or not valid.sequences:
         raise ConfigError(f"{d.train_fasta}: split gives {len(train.indices)} training and "
-                          f"{len(valid.indices)} held-out records; adjust data.valid_fraction")
+                          f"{len(valid.sequences)} held-out records; adjust data.valid_fraction")
     return train, valid
+
+
+def held_out_plan(cfg: TrainConfig, index: FastaIndex, records) -> MaskPlan:
+    """The masked-perplexity plan of `records` of `index` with the config's [data] settings."""
+    d, alphabet = cfg.data, Alphabet()
+    seqs = [alphabet.clean(index[int(r)].sequence, record=index[int(r)].id) for r in records]
+    return MaskPlan(seqs, d.valid_seed, d.max_length, d.mask_prob, d.toks_per_batch)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,12 +99,12 @@ def _devices(cfg: TrainConfig) -> tuple[Dist, torch.device, torch.dtype | None]:
     requested = cfg.parallel.device
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     d = init_distributed("cuda" if use_cuda else "cpu")
-    device = pick_device(requested, d)
+    device = rank_device(requested, d)
     autocast_dtype = torch.bfloat16 if (cfg.parallel.bf16 and device.type == "cuda") else None
     return d, device, autocast_dtype
 
 
-def _plans(cfg: TrainConfig, d: Dist) -> tuple[BatchPlan, BatchPlan]:
+def _plans(cfg: TrainConfig, d: Dist) -> tuple[BatchPlan, MaskPlan]:
     fasta = cfg.data.train_fasta
     if not fasta:
         raise ConfigError("data.train_fasta is not set")
@@ -203,31 +210,6 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
 
 # ----------------------------------------------------------------------------------------- step
 
-def masked_ce_sum(model: nn.Module, batch: MLMBatch, autocast_dtype) -> torch.Tensor:
-    """The sum (not the mean) of the cross-entropy at the batch's masked positions: a 0-d fp32
-    tensor, differentiable.
-
-    Each masked position contributes -log p(original token) under the model's logits; positions
-    that are not masked (targets IGNORE_INDEX), padding and BOS/EOS contribute nothing. Callers
-    divide by the number of masked tokens of the whole optimiser step, all micro-batches and
-    ranks together, which a per-batch mean could not give. A padded batch runs the LM head at
-    every position; a packed one only at its masked positions (`masked_at`).
-    """
-    logits, targets = masked_logits(model, batch, autocast_dtype)
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def masked_logits(model: nn.Module, batch: MLMBatch, autocast_dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (M, V), targets (M,)) when packed: the masked positions only; (B*T, V), (B*T,)
-    when padded, targets IGNORE_INDEX off the masked positions."""
-    with torch.autocast(batch.inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        if batch.packed:
-            logits = model(batch.inputs, cu_seqlens=batch.cu_seqlens, logits_at=batch.masked_at)["logits"]  # (M, V)
-            return logits, batch.targets  # (M,)
-        logits = model(batch.inputs)["logits"].flatten(0, 1)  # (B*T, V)
-        return logits, batch.targets.flatten()
-
-
 def train_step(model, micro_batches: list[MLMBatch], optimizer, scheduler, cfg: TrainConfig, d: Dist,
                device, autocast_dtype) -> float:
     """One optimiser step over `accum_steps` micro-batches; returns the mean masked CE.
@@ -242,7 +224,7 @@ def train_step(model, micro_batches: list[MLMBatch], optimizer, scheduler, cfg: 
     for k, batch in enumerate(micro_batches):
         batch = batch.to(device, non_blocking=True)
         sync = k == len(micro_batches) - 1
-        ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
+        ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
         with ctx:
             ce = masked_ce_sum(model, batch, autocast_dtype)
             (ce * (d.world / max(n_masked, 1.0))).backward()
@@ -255,34 +237,10 @@ def train_step(model, micro_batches: list[MLMBatch], optimizer, scheduler, cfg: 
     return all_reduce_sum(ce_total, d).item() / max(n_masked, 1.0)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-# ----------------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(model: nn.Module, fasta: str, plan: BatchPlan, d: Dist, device, autocast_dtype,
-             mask_prob: float = 0.15) -> dict[str, float]:
-    """Held-out perplexity: exp(mean masked cross-entropy), crops and masks fixed by plan.seed.
-
-    The masked positions are the same in either layout (plan.packed), so is the perplexity up to
-    float rounding.
-    """
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum CE, masked tokens)
-    for batch in fixed_batches(fasta, plan, d.rank, d.world, mask_prob):
-        total[0] += masked_ce_sum(model, batch.to(device), autocast_dtype).double()
-        total[1] += batch.num_masked()
-    all_reduce_sum(total, d)
-    model.train(was_training)
-    ce = (total[0] / total[1]).item()
-    return {"valid_ce": ce, "valid_ppl": math.exp(ce), "valid_tokens": int(total[1].item())}
+def evaluate(model: nn.Module, plan: MaskPlan, d: Dist, autocast_dtype=None) -> dict[str, float]:
+    """Held-out perplexity (protlm.evaluate.perplexity) as the training log names it."""
+    r = masked_perplexity(model, Alphabet(), plan, d=d, autocast_dtype=autocast_dtype)
+    return {"valid_ce": r["cross_entropy"], "valid_ppl": r["perplexity"], "valid_tokens": r["masked_tokens"]}
 
 
 # ---------------------------------------------------------------------------------------- loop
@@ -362,8 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         metrics = {"step": run.step, "loss": loss, "lr": lr,
                    "epoch": position["epoch"], "tokens_per_s": tokens * d.world / max(time.perf_counter() - t0, 1e-9)}
         if run.step % out.eval_every == 0 or run.step == stop:
-            metrics.update(evaluate(run.model, cfg.data.train_fasta, run.valid_plan, d, run.device,
-                                    run.autocast_dtype, cfg.data.mask_prob))
+            metrics.update(evaluate(run.model, run.valid_plan, d, run.autocast_dtype))
         logger.log(metrics, force=run.step % out.log_every == 0 or "valid_ppl" in metrics)
         if run.step % out.checkpoint_every == 0 or run.step == stop:
             _save(run, extra)

@@ -1,70 +1,22 @@
-"""Parallelism applied outside the model: process group, DDP / FSDP2, activation checkpointing, compile.
+"""Parallelism applied outside the model: DDP / FSDP2, activation checkpointing, compile.
 
 The model code never knows it is distributed; `protlm train` runs the same on one device and
-under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+under `torchrun` (the ranks and devices: protlm.runtime.distributed).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from protlm.errors import ConfigError
 from protlm.models.int8 import is_quantized
+from protlm.runtime.compile import compile_layers
+from protlm.runtime.distributed import Dist
 from protlm.train.config import checkpointing_plan, compile_enabled
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # this process created the process group, so it also destroys it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
-
-
-def leave_distributed(d: Dist) -> None:
-    """Destroy the process group this process created, on a clean finish. Left to interpreter
-    exit, gloo's worker threads can outlive the interpreter and abort the process (SIGABRT,
-    "terminate called without an active exception") after the run has already succeeded.
-    Not called after an error: destroying while another rank is still in a collective can hang."""
-    if d.owned and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def pick_device(kind: str, d: Dist) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device(kind)
-
-
-def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
 
 
 def _saved_ops() -> set:
@@ -122,18 +74,6 @@ def apply_activation_checkpointing(model: nn.Module, every: int = 1, selective: 
         layer.forward = wrapped
 
 
-def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
-    """torch.compile each transformer layer's forward in place (module and parameter names
-    unchanged), after activation checkpointing and before FSDP, as torchtitan orders them.
-
-    Per layer, not the whole model: the embedding and packing set-up (host-side boundaries) stay
-    eager, FSDP2's per-layer hooks stay outside compiled code, and the layers share one compiled
-    graph. Shapes change with every packed batch, so sizes are dynamic from the start.
-    """
-    for layer in model.layers:
-        layer.forward = torch.compile(layer.forward, backend=backend, dynamic=True)
-
-
 def parallelize(model: nn.Module, mode: str, d: Dist, device: torch.device,
                 activation_checkpointing: bool | int | str = False, compile: bool | str = False) -> nn.Module:
     """Wrap `model` for training on `d.world` ranks. mode: auto | none | ddp | fsdp.
@@ -149,7 +89,7 @@ def parallelize(model: nn.Module, mode: str, d: Dist, device: torch.device,
     every, selective = checkpointing_plan(activation_checkpointing)
     apply_activation_checkpointing(model, every, selective)
     if compile_enabled(compile, device.type):
-        apply_compile(model)
+        compile_layers(model)  # after checkpointing, before FSDP, as torchtitan orders them
     if mode == "auto":
         mode = "ddp" if d.world > 1 else "none"
     if mode == "none" or d.world == 1 and mode == "ddp":

@@ -1,21 +1,23 @@
-"""The inference engine: batches of sequences through an ESM model, pooled per record.
+"""The inference engine: batches of sequences through a model, pooled per record.
 
 Every command that runs a model over many sequences goes through `Engine`: `protlm embed`,
-the function heads' embeddings (protlm.tasks.pooling), `contacts predict`, and the variant
-scorers (`Engine.log_probs`: LM log-probabilities of masked or plain sequences).
+the function heads' embeddings, `contacts predict`, and the variant scorers (`Engine.log_probs`:
+LM log-probabilities of masked or plain sequences).
 
 - Embeddings run PACKED (protlm.models.layout): sequences concatenated with no padding, so
   the token budget counts real tokens only. Contacts need the attention maps, which only the
-  padded forward makes: a request with contacts runs padded batches (closed before padding
-  exceeds `max_padding`), reduced layer by layer inside `ESM.forward`.
-- Proteins over the model's limit are cut into overlapping windows (protlm.windows) or
+  padded layout makes: a request with contacts runs padded batches (closed before padding
+  exceeds `max_padding`), reduced layer by layer inside the model's forward.
+- Proteins over the model's limit are cut into overlapping windows (protlm.data.windows) or
   truncated; window outputs are merged per residue (and per residue pair for contacts).
-- Pooling: mean over residues (BOS/EOS excluded, as fair-esm), BOS, max, per token. Where
-  residues sit comes from the alphabet: ESM <cls> residues <eos>, ProtT5 residues </s> (no BOS,
-  so no 'bos' pooling). Models without a packed forward (T5: `supports_packing` False, its
-  relative position bias is per token pair) run the padded path for everything.
-- `compile=True` compiles each transformer layer; packed batches are padded with one dummy
-  sequence to a multiple of `COMPILE_BUCKET` tokens so a long run builds a handful of graphs.
+- Pooling (protlm.data.pooling): mean or max over residues (BOS/EOS excluded, as fair-esm),
+  BOS, per token; the same functions for either layout. Where residues sit comes from the
+  alphabet: ESM <cls> residues <eos>, ProtT5 residues </s> (no BOS, so no 'bos' pooling), CARP
+  residues only. Models without a packed forward (`supports_packing` False: T5's relative
+  position bias is per token pair, CARP's convolutions would mix neighbours) run padded.
+- `compile=True` compiles each transformer layer (protlm.runtime.compile); packed batches are
+  padded with one dummy sequence to a multiple of `COMPILE_BUCKET` tokens so a long run builds a
+  handful of graphs.
 - `forward` returns a `HostBatch` whose host copy may still be in flight (CUDA: pinned memory,
   non-blocking): `HostBatch.records()` waits for it, so a writer thread can do the waiting.
 """
@@ -23,16 +25,17 @@ scorers (`Engine.log_probs`: LM log-probabilities of masked or plain sequences).
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 
 from protlm.alphabet import Alphabet, pad_tokens
-from protlm.data.batching import packed_batches, token_budget_batches
+from protlm.data.batching import budget_batches
+from protlm.data.pooling import pool, residue_rows
+from protlm.data.windows import merge_1d, merge_2d, window_spans
 from protlm.errors import InputError
-from protlm.windows import merge_1d, merge_2d, window_spans
+from protlm.runtime.compile import compile_layers, is_compiled
 
 OUTPUTS = ("mean", "bos", "max", "per_tok", "contacts")
 LONG_MODES = ("truncate", "window", "error")
@@ -85,7 +88,8 @@ def _merge(parts: list[dict], spans, want) -> dict:
     # (n, nl, D) pieces averaged over overlaps, then back to (nl, L, D)
     per_tok = merge_1d([p["per_tok"].transpose(0, 1) for p in parts], spans, L).transpose(0, 1)
     # pools over the whole sequence, not means of window pools (BOS: the windows' mean)
-    out = {"per_tok": per_tok, "mean": per_tok.mean(1), "max": per_tok.amax(1)}
+    seq_L, n_1 = torch.zeros(L, dtype=torch.long), torch.tensor([L])
+    out = {"per_tok": per_tok, **{how: pool(per_tok, seq_L, n_1, how)[:, 0] for how in ("mean", "max")}}
     if "bos" in want:
         out["bos"] = torch.stack([p["bos"] for p in parts]).mean(0)
     if "contacts" in want:
@@ -96,9 +100,10 @@ def _merge(parts: list[dict], spans, want) -> dict:
 class Engine:
     """Runs sequences through `model` (eval mode, on its device) in token-budget batches.
 
-    repr_layers: fair-esm numbering (resolved by `ESM.resolve_layers`); toks_per_batch: real
+    repr_layers: fair-esm numbering (resolved by `model.resolve_layers`); toks_per_batch: real
     tokens per packed forward (padded tokens when contacts are asked for); long: 'truncate' |
     'window' | 'error' for sequences over `window` residues (default the model's limit).
+    compile: compile the model's layers in place (see the module docstring).
     """
 
     def __init__(self, model, alphabet: Alphabet | None = None, repr_layers: Sequence[int] = (-1,), *,
@@ -112,19 +117,13 @@ class Engine:
         self.layers = model.resolve_layers(repr_layers)
         self.toks_per_batch, self.long, self.max_padding = toks_per_batch, long, max_padding
         self.window = window or model.config.max_sequence_length
-        # T5's relative position bias needs (B, H, T, T) scores: it has no packed forward.
         self.packed = packed and getattr(model, "supports_packing", True)
         self.compile = compile and self.packed
+        if self.compile and not is_compiled(model):
+            compile_layers(model)
         self.device = next(model.parameters()).device
         self.compile_s = 0.0  # wall time of forwards that compiled a new graph
-        self._shapes: set[int] = set()  # packed token counts already compiled
-        # Per layer (attention over per-sequence bounds stays eager, see protlm.models.varlen),
-        # swapped in only around packed forwards: the caller's model is left as it was.
-        # dynamic=True: one graph per frame from the start (measured on CPU: 20 s of compilation
-        # instead of 34 s for a static graph then a dynamic one, same speed after); token counts
-        # bucketed to COMPILE_BUCKET still keep every shape a multiple of 256 for the kernels.
-        self._compiled = ([torch.compile(layer._call_impl, dynamic=True) for layer in model.layers]
-                          if self.compile else None)
+        self.compiled_token_counts: set[int] = set()  # packed token counts compiled so far
         self._specials, self._offset = self.alphabet.num_specials, self.alphabet.residue_offset
 
     # ---- planning: host only, can run ahead of the device ----
@@ -142,15 +141,14 @@ class Engine:
         """Tokens a sequence costs (residues + BOS/EOS per window)."""
         return sum(e - s + self._specials for s, e in self.spans(length))
 
+    def _is_packed(self, want) -> bool:
+        return self.packed and "contacts" not in want
+
     def batches(self, lengths: Sequence[int], want) -> list[list[int]]:
         """Record indices grouped into batches, shortest first (packed or padded budget)."""
         costs = [self.cost(n) for n in lengths]
-        if self._is_packed(want):
-            return packed_batches(costs, self.toks_per_batch)
-        return token_budget_batches(costs, self.toks_per_batch, self.max_padding)
-
-    def _is_packed(self, want) -> bool:
-        return self.packed and "contacts" not in want
+        return budget_batches(costs, self.toks_per_batch, packed=self._is_packed(want),
+                              max_padding=None if self._is_packed(want) else self.max_padding)
 
     def plan(self, seqs: Sequence[str], records: Sequence[int], want) -> Job:
         """Tokenise one batch of records (`seqs[i]` for i in records) into forwards."""
@@ -160,21 +158,14 @@ class Engine:
         job = Job(list(records), spans, [len(seqs[i]) for i in records],
                   [(r, s, e) for r, sp in enumerate(spans) for s, e in sp])
         enc = [self.alphabet.encode(seqs[records[r]][s:e], f"#{records[r]}", s) for r, s, e in job.pieces]
-        budget, group, used = self.toks_per_batch, [], 0
-        longest = 0
-        for p, e in enumerate(enc):
-            n = len(e) + self._specials
-            padded = (len(group) + 1) * max(longest, n)
-            over = (used + n if self._is_packed(want) else padded) > budget
-            if group and over:
-                job.forwards.append(self._tokens(group, enc, want))
-                group, used, longest = [], 0, 0
-            group.append(p)
-            used, longest = used + n, max(longest, n)
-        job.forwards.append(self._tokens(group, enc, want))
+        # windows of one batch may still overflow a forward: split in order, within the budget
+        costs = [len(e) + self._specials for e in enc]
+        for group in budget_batches(costs, self.toks_per_batch, packed=self._is_packed(want),
+                                    order=range(len(enc))):
+            job.forwards.append(self._tokens(group, enc, want))
         return job
 
-    def _tokens(self, group: list[int], enc: list[list[int]], want):
+    def _tokens(self, group: list[int], enc: Sequence[Sequence[int]], want):
         if not self._is_packed(want):
             return group, pad_tokens([enc[p] for p in group], self.alphabet), None
         a = self.alphabet
@@ -198,68 +189,51 @@ class Engine:
         return HostBatch(job, want, parts, event)
 
     def _forward_packed(self, tokens_N: torch.Tensor, cu: torch.Tensor, want) -> dict:
-        N, B = tokens_N.numel(), cu.numel() - 1
-        tokens_N, cu = tokens_N.to(self.device, non_blocking=True), cu.to(self.device, non_blocking=True)
+        N, n_B = tokens_N.numel(), torch.diff(cu).long() - 2  # residues per piece, on the host
+        starts_B = cu[:-1].long() + 1  # residues sit at 1..n of each piece: BOS 0, EOS n+1
+        tokens_N = tokens_N.to(self.device, non_blocking=True)
+        cu = cu.to(self.device, non_blocking=True)
         if self.compile:
             tokens_N, cu = self._bucket(tokens_N, cu)
         t0 = time.perf_counter()
-        new_shape = self.compile and tokens_N.numel() not in self._shapes
-        with _swapped_in(self.model.layers, self._compiled):
-            reps = self.model(tokens_N, self.layers, return_logits=False, cu_seqlens=cu)["representations"]
+        new_shape = self.compile and tokens_N.numel() not in self.compiled_token_counts
+        reps = self.model(tokens_N, self.layers, return_logits=False, cu_seqlens=cu)["representations"]
         x_LND = torch.stack([reps[k][:N] for k in self.layers]).float()  # dummy tokens dropped
         if new_shape:
-            self._shapes.add(tokens_N.numel())
+            self.compiled_token_counts.add(tokens_N.numel())
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.compile_s += time.perf_counter() - t0
-        cu = cu[: B + 1].long()
-        n_B = torch.diff(cu) - 2  # residues per piece
-        seq_N = torch.repeat_interleave(torch.arange(B, device=self.device), n_B + 2, output_size=N)
-        pos_N = torch.arange(N, device=self.device) - cu[seq_N]
-        res_N = (pos_N >= 1) & (pos_N <= n_B[seq_N])  # residues sit at 1..n, BOS 0, EOS n+1
-        x_res, seq_res = x_LND[:, res_N], seq_N[res_N]
-        nl, D = x_LND.shape[0], x_LND.shape[2]
-        out = {}
-        if "mean" in want:
-            s = x_LND.new_zeros(nl, B, D).index_add_(1, seq_res, x_res)
-            out["mean"] = (s / n_B[None, :, None]).transpose(0, 1)  # (B, nl, D)
-        if "max" in want:
-            m = x_LND.new_full((nl, B, D), float("-inf"))
-            m.scatter_reduce_(1, seq_res[None, :, None].expand_as(x_res), x_res, "amax")
-            out["max"] = m.transpose(0, 1)
-        if "bos" in want:
-            out["bos"] = x_LND[:, cu[:-1]].transpose(0, 1)
-        host = {k: _to_host(v) for k, v in out.items()}
-        if "per_tok" in want:
-            x_host = _to_host(x_LND)
-            bounds = cu.tolist()
-            host["per_tok"] = [x_host[:, s + 1 : e - 1] for s, e in zip(bounds[:-1], bounds[1:])]
-        return host
+        return self._outputs(x_LND, starts_B, n_B, starts_B - 1, want)
 
     def _forward_padded(self, tokens_BT: torch.Tensor, want) -> dict:
+        B, T = tokens_BT.shape
+        n_B = tokens_BT.ne(self.alphabet.padding_idx).sum(1) - self._specials  # on the host
+        rows_B = torch.arange(B) * T
         tokens_BT = tokens_BT.to(self.device, non_blocking=True)
         out = self.model(tokens_BT, repr_layers=self.layers, return_contacts="contacts" in want,
                          return_logits=False)
-        x_BLTD = torch.stack([out["representations"][k] for k in self.layers], 1).float()
-        n_B = tokens_BT.ne(self.alphabet.padding_idx).sum(1) - self._specials
-        pos_T = torch.arange(tokens_BT.shape[1], device=self.device) - self._offset
-        res_BT = (pos_T >= 0) & (pos_T < n_B[:, None])  # residues only: no BOS, EOS or padding
-        host = {}
-        if "mean" in want:
-            host["mean"] = (x_BLTD * res_BT[:, None, :, None]).sum(2) / n_B[:, None, None]
-        if "max" in want:
-            host["max"] = x_BLTD.masked_fill(~res_BT[:, None, :, None], float("-inf")).amax(2)
-        if "bos" in want:
-            host["bos"] = x_BLTD[:, :, 0]
-        host = {k: _to_host(v) for k, v in host.items()}
-        n = n_B.tolist()
-        if "per_tok" in want:
-            x_host = _to_host(x_BLTD)
-            o = self._offset
-            host["per_tok"] = [x_host[b, :, o : n[b] + o] for b in range(len(n))]
+        x_LND = torch.stack([out["representations"][k].reshape(B * T, -1) for k in self.layers]).float()
+        host = self._outputs(x_LND, rows_B + self._offset, n_B, rows_B, want)
         if "contacts" in want:
-            c = _to_host(out["contacts"].float())
-            host["contacts"] = [c[b, : n[b], : n[b]] for b in range(len(n))]
+            c, n = _to_host(out["contacts"].float()), n_B.tolist()
+            host["contacts"] = [c[b, : n[b], : n[b]] for b in range(B)]
+        return host
+
+    def _outputs(self, x_LND: torch.Tensor, starts_B: torch.Tensor, n_B: torch.Tensor,
+                 bos_B: torch.Tensor, want) -> dict:
+        """Per-piece host outputs from the kept layers' token rows (nl, tokens, D): sequence b's
+        residues are rows starts_B[b] .. + n_B[b] (host tensors), its BOS row bos_B[b]."""
+        dev = x_LND.device
+        rows_R, seq_R = residue_rows(n_B, starts_B, x_LND.shape[1])
+        x_LRD = x_LND[:, rows_R.to(dev, non_blocking=True)]
+        seq_R, lengths_B = seq_R.to(dev, non_blocking=True), n_B.to(dev, non_blocking=True)
+        out = {how: pool(x_LRD, seq_R, lengths_B, how).transpose(0, 1) for how in ("mean", "max") if how in want}
+        if "bos" in want:
+            out["bos"] = x_LND[:, bos_B.to(dev, non_blocking=True)].transpose(0, 1)  # (B, nl, D)
+        host = {k: _to_host(v) for k, v in out.items()}
+        if "per_tok" in want:
+            host["per_tok"] = list(_to_host(x_LRD).split(n_B.tolist(), dim=1))  # (nl, n_b, D) each
         return host
 
     def _bucket(self, tokens_N: torch.Tensor, cu: torch.Tensor):
@@ -284,9 +258,9 @@ class Engine:
         costs = [len(e) + self._specials for e in encoded]
         if any(c > self.window + self._specials for c in costs):
             raise InputError(f"a sequence is over the model's limit of {self.window} residues")
-        groups = (packed_batches(costs, self.toks_per_batch) if self._is_packed(want)
-                  else token_budget_batches(costs, self.toks_per_batch, self.max_padding))
-        for group in groups:
+        packed = self._is_packed(want)
+        for group in budget_batches(costs, self.toks_per_batch, packed=packed,
+                                    max_padding=None if packed else self.max_padding):
             _, tokens, cu = self._tokens(group, encoded, want)
             tokens = tokens.to(self.device, non_blocking=True)
             if cu is None:
@@ -296,8 +270,7 @@ class Engine:
             N, cu = tokens.numel(), cu.to(self.device, non_blocking=True)
             if self.compile:
                 tokens, cu = self._bucket(tokens, cu)
-            with _swapped_in(self.model.layers, self._compiled):
-                logits = self.model(tokens, cu_seqlens=cu)["logits"][:N]
+            logits = self.model(tokens, cu_seqlens=cu)["logits"][:N]
             lp = _to_host(torch.log_softmax(logits.float(), -1))
             if self.device.type == "cuda":
                 torch.cuda.current_stream().synchronize()  # the copy above is non-blocking
@@ -310,11 +283,15 @@ class Engine:
         for batch in self.batches([len(s) for s in seqs], want):
             yield batch, self.forward(self.plan(seqs, batch, want), want).records()
 
-    def pooled(self, seqs: Sequence[str], how: str = "mean") -> torch.Tensor:
-        """(len(seqs), layers, D) float32 pooled vectors, in input order."""
+    def pooled(self, seqs: Sequence[str], how: str = "mean", progress: bool = False) -> torch.Tensor:
+        """(len(seqs), layers, D) float32 pooled vectors ('mean', 'max' or 'bos'), in input order."""
+        from tqdm import tqdm
+
         out = torch.zeros(len(seqs), len(self.layers), self.model.config.embed_dim)
-        for batch, recs in self.run(seqs, {how}):
-            out[batch] = torch.stack([r[how] for r in recs])
+        with tqdm(total=len(seqs), desc="embed", unit="seq", disable=not progress) as bar:
+            for batch, recs in self.run(seqs, {how}):
+                out[batch] = torch.stack([r[how] for r in recs])
+                bar.update(len(batch))
         return out
 
 
@@ -324,19 +301,3 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
         return x
     buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     return buf.copy_(x, non_blocking=True)
-
-
-@contextmanager
-def _swapped_in(layers, compiled):
-    """Call `compiled[i]` for `layers[i]` inside the block (nn.Module.compile's hook), then undo."""
-    if compiled is None:
-        yield
-        return
-    before = [layer._compiled_call_impl for layer in layers]
-    try:
-        for layer, fn in zip(layers, compiled):
-            layer._compiled_call_impl = fn
-        yield
-    finally:
-        for layer, fn in zip(layers, before):
-            layer._compiled_call_impl = fn

@@ -45,7 +45,7 @@ def source_files(name_or_path: str | Path) -> list[Path]:
     """The files holding a model's weights: a path as given, a packaged or cached published model;
     [] when `name_or_path` names no files (e.g. a model built in memory)."""
     from protlm.pretrained import download, registry
-    from protlm.pretrained.load import packaged_root
+    from protlm.pretrained.identity import packaged_root
 
     p = Path(name_or_path)
     if not p.exists() and str(name_or_path) in registry.REGISTRY:

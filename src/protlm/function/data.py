@@ -19,7 +19,7 @@ import numpy as np
 from protlm.alphabet import Alphabet, InvalidSequenceError
 from protlm.data.fasta import not_a_table, open_text, read_fasta
 from protlm.io import atomic_path
-from protlm.records import sequence_hash
+from protlm.io import sequence_hash
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna")
 

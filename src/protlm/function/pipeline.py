@@ -7,6 +7,7 @@ metrics) and `head.safetensors` (standardiser + dense layers; see tasks/heads.py
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -14,21 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.engine import precision
+from protlm.embed.engine import Engine
+from protlm.runtime import precision
+from protlm.runtime.options import InferenceOptions
 from protlm.errors import InputError, NotFoundError
-from protlm.io import atomic_path, atomic_write
-from protlm.lock import output_lock
-from protlm.pretrained.load import model_identity
-from protlm.tasks import evaluate, heads
-from protlm.tasks.function_data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
-from protlm.tasks.pooling import POOLINGS, embed_sequences
+from protlm.io import atomic_path, atomic_write, output_lock
+from protlm.pretrained.identity import model_identity
+from protlm.function import cv, heads
+from protlm.function.data import EmbeddingCache, as_targets, load_fasta_labels, load_labelled
+from protlm.data.pooling import POOLINGS
 
 HEAD_FORMAT = "protlm-function-head"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FitConfig:
-    model: str
+    """What to fit (the model and how it runs: InferenceOptions)."""
+
     target: str | None = None  # CSV/TSV label column
     task: str = "regression"  # regression | classification
     head: str | None = None  # default: ridge (regression) / logistic (classification)
@@ -41,10 +44,6 @@ class FitConfig:
     pooling: str = "mean"
     folds: int = 5
     seed: int = 0
-    toks_per_batch: int = 4096
-    device: str | None = None
-    unknown: str | None = None  # e.g. 'X': replaces characters outside the alphabet (else an error)
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 | int8 | auto (protlm.engine.precision)
 
     def __post_init__(self):
         if self.task not in heads.TASKS:
@@ -59,34 +58,43 @@ class FitConfig:
         return self.head or ("ridge" if self.task == "regression" else "logistic")
 
 
-def _load_model(name: str, device: str | None, loader=None, dtype: str = "fp32"):
-    import protlm
-
-    model, alphabet = (loader or protlm.load_model_and_alphabet)(name)
-    return precision.prepare_model(model, device or "cpu", dtype, source=name, verbose=False), alphabet
-
-
-def cached_embeddings(seqs: list[str], model_name: str, layer: int, pooling: str, cache_dir,
-                      toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                      progress: bool = True, chunk: int = 512, dtype: str = "fp32") -> np.ndarray:
-    """(N, D) pooled vectors; only sequences missing from the cache are run through the model
-    (the model is not even loaded when every sequence is cached). Adding to the cache holds its
-    lock (protlm.lock): a second job adding to the same cache fails at once. Vectors computed
-    in another `dtype` than fp32 are cached apart (int8, bf16 ...; auto as what it picks)."""
-    dtype = precision.resolve_dtype(dtype, device or "cpu")
-    ident = precision.keyed(model_identity(model_name), dtype)
+def cached_embeddings(seqs: list[str], opts: InferenceOptions, layer: int, pooling: str, cache_dir, *,
+                      loader=None, chunk: int = 512) -> np.ndarray:
+    """(N, D) pooled vectors of `opts.model`; only sequences missing from the cache are run
+    through the model (not even loaded when every sequence is cached). Adding to the cache holds
+    its lock (protlm.io): a second job adding to the same cache fails at once. Vectors computed in
+    another dtype than fp32 (auto as what it picks), or with long sequences windowed rather than
+    truncated, are cached apart."""
+    opts = opts.resolved()
+    ident = precision.keyed(model_identity(opts.model), opts.dtype)
+    if opts.long != "truncate":
+        ident += f"|long={opts.long}"
     cache = EmbeddingCache(cache_dir, ident, layer, pooling)
     if not cache.missing(seqs):
         return cache.get(seqs)
     with output_lock(cache.path):
         cache = EmbeddingCache(cache_dir, ident, layer, pooling)  # as the last writer left it
         todo = cache.missing(seqs)
-        model, alphabet = _load_model(model_name, device, loader, dtype)
+        model, alphabet = opts.load(loader, verbose=False)
         # saved every `chunk` sequences: a killed run resumes from the last saved chunk
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
-            cache.add(part, embed_sequences(model, alphabet, part, layer, pooling, toks_per_batch, progress))
+            cache.add(part, embed_sequences(model, alphabet, part, layer, pooling, opts))
     return cache.get(seqs)
+
+
+def embed_sequences(model, alphabet, seqs: list[str], layer: int = -1, pooling: str = "mean",
+                    opts: InferenceOptions = InferenceOptions()) -> np.ndarray:
+    """(N, D) float32 pooled vectors of one layer, in input order (the engine's packed batches).
+
+    Sequences over the model's limit follow `opts.long`: truncated to their first
+    `max_sequence_length` residues by default, as fair-esm's extract.py does (the function heads
+    see whole-protein summaries), or windowed; 'error' refuses them.
+    """
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    engine = Engine(model, alphabet, [layer], toks_per_batch=opts.toks_per_batch, long=opts.long)
+    return engine.pooled(seqs, pooling, opts.progress)[:, 0].numpy()
 
 
 def save_head(head: heads.Head, out_dir: str | Path, meta: dict) -> None:
@@ -135,8 +143,8 @@ def load_head(head_dir: str | Path) -> tuple[heads.Head, dict]:
     return heads.head_from_arrays(arrays, meta["kind"], meta["task"], meta["classes"]), meta
 
 
-def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
-                 progress: bool = True) -> dict:
+def fit_function(data_path, cfg: FitConfig, opts: InferenceOptions, output, *, cache_dir=None,
+                 loader=None) -> dict:
     """Load labelled data, embed (cached), cross-validate, fit on all data, save the head dir.
 
     Returns the saved metadata (CV metrics under 'cv'). All input errors come before compute.
@@ -144,40 +152,37 @@ def fit_function(data_path, cfg: FitConfig, output, cache_dir=None, loader=None,
     if cfg.target is None and cfg.label_from_header is None:
         raise InputError("give --target COLUMN (CSV/TSV) or --label-from-header FIELD (FASTA)")
     data = load_labelled(data_path, cfg.target, cfg.label_from_header, cfg.id_column,
-                         cfg.sequence_column, cfg.group, cfg.group_from_header, cfg.unknown)
+                         cfg.sequence_column, cfg.group, cfg.group_from_header, opts.unknown)
     y = as_targets(data, cfg.task, data_path)
     heads._estimator(cfg.head_kind, cfg.task, cfg.seed)  # head/task mismatch fails before compute
-    folds = evaluate.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
+    folds = cv.fold_indices(len(y), cfg.folds, cfg.task, y, data.groups, cfg.seed)
     cache_dir = Path(cache_dir) if cache_dir else Path(output) / "embedding_cache"
-    x = cached_embeddings(data.sequences, cfg.model, cfg.layer, cfg.pooling, cache_dir,
-                          cfg.toks_per_batch, cfg.device, loader, progress, dtype=cfg.dtype)
+    x = cached_embeddings(data.sequences, opts, cfg.layer, cfg.pooling, cache_dir, loader=loader)
     fit = lambda xs, ys: heads.fit_head(xs, ys, cfg.head_kind, cfg.task, cfg.seed)  # noqa: E731
-    cv = evaluate.cross_validate(x, y, cfg.task, fit, folds)
+    scores = cv.cross_validate(x, y, cfg.task, fit, folds)
     head = fit(x, y)
-    meta = {"model": cfg.model, "model_identity": model_identity(cfg.model), "layer": cfg.layer, "pooling": cfg.pooling, "target": cfg.target
-            if cfg.target else f"header field {cfg.label_from_header}", "n_train": int(len(y)),
-            "config": asdict(cfg), "data": str(data_path),
-            "cv": {"folds": cfg.folds, "grouped": data.groups is not None, "mean": cv["mean"],
-                   "std": cv["std"], "per_fold": cv["folds"]}}
+    config = {"model": opts.model, **asdict(cfg), "toks_per_batch": opts.toks_per_batch, "device": opts.device,
+              "unknown": opts.unknown, "dtype": opts.dtype, "long": opts.long}
+    meta = {"model": opts.model, "model_identity": model_identity(opts.model), "layer": cfg.layer,
+            "pooling": cfg.pooling, "target": cfg.target if cfg.target else f"header field {cfg.label_from_header}",
+            "n_train": int(len(y)), "config": config, "data": str(data_path),
+            "cv": {"folds": cfg.folds, "grouped": data.groups is not None, "mean": scores["mean"],
+                   "std": scores["std"], "per_fold": scores["folds"]}}
     save_head(head, output, meta)
     return meta
 
 
-def predict_function(fasta, head_dir, output, model: str | None = None, cache_dir=None,
-                     toks_per_batch: int = 4096, device: str | None = None, loader=None,
-                     progress: bool = True, unknown: str | None = None, dtype: str = "fp32") -> int:
+def predict_function(fasta, head_dir, output, opts: InferenceOptions, *, cache_dir=None, loader=None) -> int:
     """Apply a saved head to every record of a FASTA; write CSV `id,prediction` atomically.
 
-    The model recorded in the head is used unless `model` overrides it (e.g. a moved path);
-    `dtype` is the inference precision (protlm.engine.precision), fp32 by default.
-    `unknown` (e.g. 'X') replaces characters outside the alphabet, as in read_fasta.
+    The model recorded in the head is used unless `opts.model` overrides it (e.g. a moved path).
     """
     head, meta = load_head(head_dir)
-    data = load_fasta_labels(fasta, None, unknown=unknown)
+    data = load_fasta_labels(fasta, None, unknown=opts.unknown)
     Path(output).parent.mkdir(parents=True, exist_ok=True)  # before the embeddings, not after
-    x = cached_embeddings(data.sequences, model or meta["model"], meta["layer"], meta["pooling"],
-                          cache_dir or Path(head_dir) / "embedding_cache", toks_per_batch,
-                          device, loader, progress, dtype=dtype)
+    opts = dataclasses.replace(opts, model=opts.model or meta["model"])
+    x = cached_embeddings(data.sequences, opts, meta["layer"], meta["pooling"],
+                          cache_dir or Path(head_dir) / "embedding_cache", loader=loader)
     if x.shape[1] != head.mean_D.shape[0]:
         raise InputError(f"model gives {x.shape[1]}-dim embeddings but the head expects "
                          f"{head.mean_D.shape[0]}; use the model recorded in {head_dir}/head.json")

@@ -1,13 +1,13 @@
 """Real contact evaluation (section 6): both heads vs two baselines on held-out structures.
 
-    python benchmarks/contacts_eval.py --model protlm_small --structures ../shared/data/structures
+    python scripts/contacts_eval.py --model protlm_small --structures ../shared/data/structures
 
 Split: protein chains sorted by PDB id, every 3rd (index 2, 5, 8, ...) held out. Both heads are
 trained on the other chains with the language model frozen; every method is scored on the same
 held-out chains with protlm.contacts.metrics (fair-esm's compute_precisions definition).
 Baselines: random scores (seed 0) and -|i-j| (closer in sequence = more likely in contact).
 
-    python benchmarks/contacts_eval.py --model protlm_small --folds 3
+    python scripts/contacts_eval.py --model protlm_small --folds 3
 
 --folds 3 scores every chain once instead: chain i is in fold i % 3, and each fold's chains are
 scored by heads fitted on the other two folds (fold 2 is the default split's held-out set). With
@@ -23,9 +23,10 @@ import numpy as np
 
 from protlm.contacts import pipeline
 from protlm.contacts.bilinear import BilinearTrainConfig
-from protlm.contacts.fit import save_regression, set_regression
+from protlm.pretrained.contact_regression import save_regression, set_regression
 from protlm.contacts.metrics import PrecisionTable, contact_precisions
 from protlm.contacts.structures import structure_files
+from protlm.runtime.options import InferenceOptions
 
 
 def baselines(chains, seed: int = 0) -> dict[str, PrecisionTable]:
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=0, help="score every chain by cross-validation (e.g. 3)")
     args = ap.parse_args()
 
-    model, alphabet, _ = pipeline.load_for_contacts(args.model)
+    model, alphabet, _ = pipeline.load_for_contacts(InferenceOptions(model=args.model, device="cpu"))
     chains = pipeline.protein_chains(structure_files(args.structures), alphabet)
     cfg = BilinearTrainConfig(proj_dim=args.proj_dim, epochs=args.epochs)
     heads = ("attention head (L1 logistic)", f"bilinear head (k={args.proj_dim})")

@@ -4,7 +4,7 @@ Same head (standardise + RidgeCV by default) and the same folds for every repres
 Two splits: random 5-fold, and 5-fold grouped by mutated position (no position is in both the
 training and the test split, so a head cannot just memorise per-position effects).
 
-    python benchmarks/function_eval.py --model protlm_small --subsample 2000 --out /tmp/function.json
+    python scripts/function_eval.py --model protlm_small --subsample 2000 --out /tmp/function.json
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.tasks import evaluate, heads
-from protlm.tasks.function import cached_embeddings
-from protlm.tasks.function_data import as_targets, load_fasta_labels
+from protlm.function import cv as cvs, heads
+from protlm.function.pipeline import cached_embeddings
+from protlm.runtime.options import InferenceOptions
+from protlm.function.data import as_targets, load_fasta_labels
 
 AAS = "ACDEFGHIKLMNPQRSTVWY"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "function" / "P62593_beta_lactamase_fitness.fasta"
@@ -50,7 +51,7 @@ def evaluate_all(reps: dict[str, np.ndarray], y: np.ndarray, splits: dict, head:
         for name, x in reps.items():
             t0 = time.perf_counter()
             fit = lambda xs, ys: heads.fit_head(xs, ys, head, "regression")  # noqa: E731
-            cv = evaluate.cross_validate(x, y, "regression", fit, folds)
+            cv = cvs.cross_validate(x, y, "regression", fit, folds)
             rows.append({"split": split, "features": name, "dim": int(x.shape[1]), "head": head,
                          "mean": cv["mean"], "std": cv["std"], "seconds": round(time.perf_counter() - t0, 1)})
             print(f"{split:>16} {name:>28} " + "  ".join(
@@ -83,12 +84,12 @@ def main(argv=None):
     print(f"{len(seqs)} records, {len(set(seqs))} distinct sequences, {len(set(groups))} positions", flush=True)
 
     t0 = time.perf_counter()
-    emb = cached_embeddings(seqs, args.model, args.layer, args.pooling, args.cache_dir, progress=True)
+    emb = cached_embeddings(seqs, InferenceOptions(model=args.model), args.layer, args.pooling, args.cache_dir)
     t_embed = time.perf_counter() - t0
     reps = {f"protlm {args.model} ({args.pooling}, layer {args.layer})": emb,
             "one-hot": one_hot(seqs), "AA composition": composition(seqs)}
-    splits = {"random": evaluate.fold_indices(len(y), args.folds, "regression", seed=args.seed),
-              "grouped-position": evaluate.fold_indices(len(y), args.folds, "regression",
+    splits = {"random": cvs.fold_indices(len(y), args.folds, "regression", seed=args.seed),
+              "grouped-position": cvs.fold_indices(len(y), args.folds, "regression",
                                                         groups=groups, seed=args.seed)}
     rows = evaluate_all(reps, y, splits, args.head)
     result = {"args": vars(args), "n": len(seqs), "embed_seconds": round(t_embed, 1), "rows": rows}

@@ -74,7 +74,7 @@ def probe(repeats: int = 3) -> dict[str, float]:
 
 
 def _probe_file() -> Path:
-    from protlm.pretrained.int8_cache import cache_root
+    from protlm.runtime.int8_cache import cache_root
 
     feats = cpu_features()
     from protlm.models.int8 import PACK_ENGINE
@@ -133,7 +133,7 @@ def prepare_model(model, device: str, dtype: str = "fp32", source=None, verbose:
     int8: quantized in place (protlm.models.int8), the int8 weights read from / written to the
     cache for `source` (the model's name or path; None: not cached). Returns the model.
     """
-    from protlm.pretrained.int8_cache import quantize_cached
+    from protlm.runtime.int8_cache import quantize_cached
 
     short = resolve_dtype(dtype, device, verbose)
     model = model.to(device).eval()

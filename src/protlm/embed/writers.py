@@ -1,6 +1,6 @@
-"""Writers and readers for `protlm embed` outputs, with resume bookkeeping.
+"""Writers of `protlm embed` outputs, with resume bookkeeping (reading: protlm.embed.h5).
 
-HDF5 (`H5Output`, the columnar format of protlm.embed_h5): while a run is going, each batch
+HDF5 (`H5Output`, the columnar format of protlm.embed.h5): while a run is going, each batch
 becomes a shard file in `<OUT>.parts/`, written under a temporary name and renamed into place,
 so a shard either exists complete or not at all. `<OUT>` itself is an index of h5py
 ExternalLinks (`/shards/<name>` -> shard), also rewritten under a temporary name and renamed,
@@ -12,11 +12,17 @@ rerun can tell a changed one, and where a record was rewritten the newest shard 
 
 .pt (`PtOutput`): a folder of `<stem>.pt`, one per record, each renamed into place, with the
 dictionary layout of fair-esm's scripts/extract.py; the stem is the ID made a safe, distinct
-file name by protlm.records.record_stem.
+file name by protlm.io.record_stem.
+
+A torchrun job (protlm.embed.pipeline) gives each rank its own `H5Output`, a rank shard
+`OUT.shards/rank-NNNNN.h5` under its own lock; rank 0 then merges every record's newest copy into
+one `OUT` (`merge_ranks`). `locate` finds what any earlier run left: OUT, its parts and every
+rank shard, from any number of ranks, so any number of ranks resumes any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,10 +34,9 @@ import h5py
 import numpy as np
 import torch
 
-from protlm import embed_h5 as H5
+from protlm.embed import h5 as H5
 from protlm.errors import ProtlmError
-from protlm.io import atomic_path, atomic_write, stale_temps
-from protlm.records import record_stem
+from protlm.io import atomic_path, atomic_write, output_lock, record_stem, stale_temps
 
 META_KEYS = ("model", "layers", "include", "long", "dtype")  # must match to resume
 SETTINGS_FILE = "protlm_embed.json"
@@ -256,26 +261,78 @@ def to_fair_esm_dict(r) -> dict:
     return out
 
 
-def read_h5(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """{id: {'mean' | 'per_tok' | 'bos' | 'contacts': array}} from a finished or running output
-    (all in memory: for large files use protlm.embed_h5.EmbeddingsFile, which reads by ID)."""
-    return H5.read(path, ids)
+# ------------------------------------------------------------------ rank shards of a torchrun job
+def shards_dir(output: str | Path) -> Path:
+    """`OUT.shards/` beside OUT: the rank shards of a running (or killed) torchrun job."""
+    output = Path(output)
+    return output.with_name(output.name + ".shards")
 
 
-def read_h5_info(path: str | Path) -> dict[str, dict]:
-    """{id: {'description', 'length', 'sequence_sha256', 'truncated_from'}} of an output."""
-    with H5.EmbeddingsFile(path) as f:
-        return {rid: f.info(rid) for rid in f.ids}
+def shard_path(output: Path, rank: int) -> Path:
+    return shards_dir(output) / f"rank-{rank:05d}.h5"
 
 
-def read_h5_meta(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
-        meta = H5.read_meta(f)
-        meta["layout"] = f.attrs.get("layout")
-        meta["protlm_version"] = f.attrs.get("protlm_version")
-    return meta
+def has_shards(output, fmt: str) -> bool:
+    """Rank shards of an earlier torchrun job wait in OUT.shards/: a run on OUT writes and merges
+    rank shards too (alone, as a job of one rank) to use them."""
+    return fmt == "h5" and shards_dir(output).is_dir()
 
 
-def read_pt(path: str | Path) -> dict:
-    """One fair-esm-layout record; plain tensors and dicts, so weights_only loading suffices."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def rank_shards(output: Path) -> list[Path]:
+    """Every rank shard left in OUT.shards/, from any world size: its index file, its parts
+    folder, or both (a rank killed before its first index)."""
+    d = shards_dir(output)
+    names = {p.name.removesuffix(".parts") for p in d.glob("rank-*.h5*")} if d.is_dir() else set()
+    return [d / n for n in sorted(names) if n.endswith(".h5")]
+
+
+def locate(output: Path, meta: dict, current: dict[str, str]) -> dict[str, tuple[Path, str | None]]:
+    """{id: (file, sequence hash)} over the output, its parts and every rank shard (settings
+    checked): a record's copy with its `current` hash when one exists, else its first."""
+    found: dict[str, tuple[Path, str | None]] = {}
+    for source in (Path(output), *rank_shards(Path(output))):
+        out = H5Output(source, meta)
+        out.done_hashes()
+        for rid, (file, h) in out.located.items():
+            if rid not in found or (h == current.get(rid) and found[rid][1] != h):
+                found[rid] = (file, h)
+    return found
+
+
+@contextlib.contextmanager
+def rank_writer(fmt: str, output: Path, rank: int, meta: dict):
+    """A rank's writer in a sharded job: its own shard under its own lock (h5), or the output
+    folder prepared by rank 0 (pt: a file per record, so ranks never write the same file)."""
+    if fmt == "pt":
+        yield PtOutput(output, meta)
+        return
+    shard = shard_path(output, rank)
+    with output_lock(shard):
+        out = H5Output(shard, meta)
+        out.done_hashes()  # its records of earlier runs stay in its index
+        out.begin()
+        yield out
+
+
+def merge_ranks(output: Path, meta: dict, ids: list[str], owner: np.ndarray,
+                found: dict[str, tuple[Path, str | None]]) -> None:
+    """Every rank done: one consolidated OUT, then the parts and shards removed.
+
+    Records of this run (owner >= 0) come from their rank's shard, newest batch file; the others
+    from where the plan found them (`locate`). A merge killed before its rename is redone;
+    after it, OUT holds everything and the leftovers are only removed.
+    """
+    todo = owner >= 0
+    files = {rid: file for rid, (file, _) in found.items()}
+    for rank in np.unique(owner[todo]).tolist():
+        mine = {ids[i] for i in np.flatnonzero(owner == rank).tolist()}
+        written = H5Output(shard_path(output, rank), meta).part_files(mine)
+        if len(written) != len(mine):
+            missing = sorted(mine.difference(written))
+            raise RuntimeError(f"rank {rank} finished without {len(missing)} of its records, e.g. {missing[0]!r}")
+        files.update(written)
+    if any(file != output for file in files.values()):
+        merge_h5(output, meta, files)
+    for leftover in (output.with_name(output.name + ".parts"), shards_dir(output)):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)

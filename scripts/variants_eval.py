@@ -5,7 +5,7 @@ consensus of the 5,397 single mutants of the function set. It is checked before 
 function-set sequence must differ from it at most at its labelled position, and every DMS
 wild-type letter must match it (numbering = 1-based on this sequence, as in UniProt).
 
-    python benchmarks/variants_eval.py --model protlm_small --pll-subset 8 \
+    python scripts/variants_eval.py --model protlm_small --pll-subset 8 \
         --out /tmp/variants.json
 
 Reports the Spearman correlation of each score with the measured fitness (column 2500).
@@ -25,7 +25,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 import protlm
-from protlm.tasks.variants import METHODS, score_mutants
+from protlm.variants.scoring import METHODS, score_mutants
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FUNCTION = SHARED / "function" / "P62593_beta_lactamase_fitness.fasta"
@@ -87,7 +87,7 @@ def main(argv=None):
     p.add_argument("--target", default="2500")
     p.add_argument("--pll-subset", type=int, default=40,
                    help="pseudo-ll costs one forward per residue per mutant: score N random mutants")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--toks-per-batch", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wt-out", default=None, help="also write the derived wild type as FASTA here")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -113,7 +113,7 @@ def main(argv=None):
         idx = subset if method == "pseudo-ll" else np.arange(len(mutants))
         t0 = time.perf_counter()
         scores = score_mutants(model, alphabet, wt, [mutants[i] for i in idx], method,
-                               batch_size=args.batch_size, progress=True)
+                               toks_per_batch=args.toks_per_batch, progress=True)
         row = {"method": method, "n": int(len(idx)), "seconds": round(time.perf_counter() - t0, 1),
                "spearman": float(spearmanr(scores, fitness[idx])[0])}
         if method != "pseudo-ll" and "pseudo-ll" in args.methods:

@@ -368,5 +368,19 @@ class _Sink:
 
 
 def read(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{id: {'mean' | 'per_tok' | 'bos' | 'contacts': array}} from a finished or running output
+    (all in memory: for large files use EmbeddingsFile, which reads by ID)."""
     with EmbeddingsFile(path) as f:
         return {rid: f[rid] for rid in (f.ids if ids is None else ids)}
+
+
+def read_info(path: str | Path) -> dict[str, dict]:
+    """{id: {'description', 'length', 'sequence_sha256', 'truncated_from'}} of an output."""
+    with EmbeddingsFile(path) as f:
+        return {rid: f.info(rid) for rid in f.ids}
+
+
+def read_file_meta(path: str | Path) -> dict:
+    """An output's settings (model, layers, include, long, dtype), layout and protlm version."""
+    with EmbeddingsFile(path) as f:
+        return dict(f.meta)

@@ -1,9 +1,9 @@
 """Chain-by-chain comparison of two contact evaluations of the same chains (two outputs of
-benchmarks/contacts_eval.py, e.g. two training stages), so a change of a mean can be told from noise:
+scripts/contacts_eval.py, e.g. two training stages), so a change of a mean can be told from noise:
 
-    python benchmarks/contacts_eval.py --model A --folds 3 > a.md
-    python benchmarks/contacts_eval.py --model B --folds 3 > b.md
-    python benchmarks/compare_contacts.py a.md b.md [--metric "long P@L"]
+    python scripts/contacts_eval.py --model A --folds 3 > a.md
+    python scripts/contacts_eval.py --model B --folds 3 > b.md
+    python scripts/compare_contacts.py a.md b.md [--metric "long P@L"]
 
 For every method in both files: the mean of each, how many chains went down and up, and a paired
 Wilcoxon signed-rank p-value over the chains (ties dropped). Reads the per-protein tables, which

@@ -1,0 +1,1 @@
+"""Function prediction: whole-protein embeddings -> cross-validated heads -> predictions."""

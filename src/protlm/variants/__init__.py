@@ -1,0 +1,1 @@
+"""Zero-shot variant effects from a masked language model (Meier et al. 2021)."""
