@@ -66,6 +66,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="protlm-model")
         self._task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
 
     # ---- the request side ----
     @property
@@ -102,7 +103,8 @@ class Batcher:
 
     # ---- the worker ----
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work(), name="protlm-batcher")
+        self.loop = asyncio.get_running_loop()
+        self._task = self.loop.create_task(self._work(), name="protlm-batcher")
 
     async def call(self, fn: Callable, *args):
         """Run `fn(*args)` on the model thread now, outside the queue (loading, warm-up)."""

@@ -29,6 +29,10 @@ class NotAcceptable(Exception):
     """The Accept header asks for a form this reply cannot take (HTTP 406)."""
 
 
+def npy_refused(why: str) -> NotAcceptable:
+    return NotAcceptable(f"{why}; ask for {SAFETENSORS} or {JSON}")
+
+
 def negotiate(accept: str | None) -> str:
     """The reply's media type: the first of MEDIA the Accept header names (q-values ignored);
     JSON when it names none of them (or */*)."""
@@ -68,7 +72,7 @@ def reply(media: str, body: Callable[[], dict], tensors: Callable[[], dict[str, 
     if media == NPY:
         arr = array()
         if isinstance(arr, str):
-            raise NotAcceptable(f"{arr}; ask for {SAFETENSORS} or {JSON}")
+            raise npy_refused(arr)
         headers = {f"X-Protlm-{k.replace('_', '-').title()}": json.dumps(meta[k], ensure_ascii=True)
                    for k in NPY_HEADERS if k in meta}
         return Response(npy_bytes(arr), media_type=NPY, headers=headers)

@@ -35,7 +35,7 @@ def _media(request: Request, npy_refusal: str | None = None, json_only: bool = F
     if json_only and media != encode.JSON:
         raise encode.NotAcceptable(f"this endpoint replies in {encode.JSON} only")
     if media == encode.NPY and npy_refusal:
-        raise encode.NotAcceptable(npy_refusal)
+        raise encode.npy_refused(npy_refusal)
     return media
 
 
