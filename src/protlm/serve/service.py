@@ -56,6 +56,7 @@ class Service:
         self.load_error: BaseException | None = None
         self.on_fatal: Callable[[], None] = lambda: None  # set by protlm.serve.server: stop uvicorn
         self._loading: asyncio.Task | None = None
+        self.in_flight = 0  # requests queued or computing
 
     # ---- life cycle ----
     @asynccontextmanager
@@ -138,6 +139,7 @@ class Service:
             raise
         gone = asyncio.ensure_future(_disconnected(request.receive))
         results = asyncio.gather(*futures)
+        self.in_flight += 1
         try:
             done, _ = await asyncio.wait({gone, results}, return_when=asyncio.FIRST_COMPLETED)
             if results in done:
@@ -145,6 +147,7 @@ class Service:
             self.metrics.reject("client_gone")
             raise ClientGone()
         finally:
+            self.in_flight -= 1
             gone.cancel()
             for f in futures:  # a failed or abandoned request frees its remaining slots
                 f.cancel()
@@ -174,7 +177,8 @@ class Service:
 
     def gauges(self) -> dict[str, tuple[str, float]]:
         b = self.batcher
-        return {"queue_depth": ("Work items waiting (records, scoring chunks).", b.depth if b else 0),
+        return {"requests_in_flight": ("Requests queued or computing.", self.in_flight),
+                "queue_depth": ("Work items waiting (records, scoring chunks).", b.depth if b else 0),
                 "queue_tokens": ("Model tokens waiting.", b.queued_cost if b else 0),
                 "queue_capacity_tokens": ("Most model tokens that may wait (--max-queue-tokens).",
                                           self.cfg.max_queue_tokens),

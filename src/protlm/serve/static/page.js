@@ -68,13 +68,14 @@ function colourBar(canvas, stops, lo, hi) {
 function drawContacts(reply) {
   const { id, contacts } = reply.data[0], L = contacts.length;
   const canvas = $("contact-map"), ctx = canvas.getContext("2d");
-  let hi = 0;
-  for (const row of contacts) for (const v of row) hi = Math.max(hi, v);
-  hi = hi || 1;
+  // colours span the map's own range (an uncalibrated head's maps can sit in a narrow band)
+  let lo = Infinity, hi = -Infinity;
+  for (const row of contacts) for (const v of row) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  const span = hi - lo || 1;
   const img = new ImageData(L, L);
   for (let i = 0; i < L; i++) {
     for (let j = 0; j < L; j++) {
-      const [r, g, b] = colour(VIRIDIS, contacts[i][j] / hi), k = 4 * (i * L + j);
+      const [r, g, b] = colour(VIRIDIS, (contacts[i][j] - lo) / span), k = 4 * (i * L + j);
       img.data[k] = r; img.data[k + 1] = g; img.data[k + 2] = b; img.data[k + 3] = 255;
     }
   }
@@ -84,7 +85,7 @@ function drawContacts(reply) {
   ctx.imageSmoothingEnabled = false;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
-  colourBar($("contact-bar"), VIRIDIS, 0, hi);
+  colourBar($("contact-bar"), VIRIDIS, lo, hi);
   $("contact-title").textContent = `${id}, L = ${L}${reply.calibrated ? "" : " (uncalibrated contact head)"}`;
   topContacts(contacts, current.sequence);
   canvas.onmousemove = (ev) => {
