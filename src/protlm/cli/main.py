@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "function": "protlm.cli.function",
     "variants": "protlm.cli.variants",
     "evaluate": "protlm.cli.evaluate",
+    "serve": "protlm.cli.serve",
 }
 
 

@@ -13,6 +13,15 @@ from protlm.runtime.options import LONG_MODES, InferenceOptions
 
 MODEL_HELP = "published name or checkpoint path"
 
+# --device and --dtype, shared with `protlm serve` (which batches by its own bounds)
+device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                             help="default: cuda if available, else cpu")
+dtype_option = click.option(
+    "--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True,
+    help="inference precision: fp32 (fair-esm's numbers), bf16, fp16; int8 (CPU: Linear weights int8 per "
+    "channel, activations quantized per call, the rest fp32; cached after the first run); auto (the "
+    "fastest measured on this CPU, printed)")
+
 
 def inference_options(model: str = "required", long: bool = True, batch: bool = True,
                       long_help: str = "sequences over the model limit (1022 residues for ESM-1b and ESM-2)"):
@@ -35,14 +44,7 @@ def inference_options(model: str = "required", long: bool = True, batch: bool = 
             options.append(click.option("--model", "model_name", required=model == "required",
                                         default=None, help=MODEL_HELP if model == "required" else
                                         "override the model recorded in the head"))
-        options += [
-            click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-                         help="default: cuda if available, else cpu"),
-            click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True,
-                         help="inference precision: fp32 (fair-esm's numbers), bf16, fp16; int8 (CPU: "
-                         "Linear weights int8 per channel, activations quantized per call, the rest fp32; "
-                         "cached after the first run); auto (the fastest measured on this CPU, printed)"),
-        ]
+        options += [device_option, dtype_option]
         if batch:
             options.append(click.option("--toks-per-batch", type=click.IntRange(min=1), default=4096,
                                         show_default=True, help="tokens per forward pass (real tokens "
