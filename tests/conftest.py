@@ -93,18 +93,7 @@ def hold_in_subprocess():
 
 @pytest.fixture
 def perturbed_model():
-    """factory: a debug model with realistic N(0, 0.02) weights and LayerNorms/biases moved off
-    1/0, so a 1e-5 tolerance means something."""
-    from protlm.models.layers import init_weights
-    from protlm.pretrained.registry import build_debug
+    """factory: name, seed -> tests/_models.perturbed (weights that make 1e-5 mean something)."""
+    from _models import perturbed
 
-    def make(name: str, seed: int = 0):
-        torch.manual_seed(seed)
-        m = build_debug(name)
-        init_weights(m)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        return m.eval()
-
-    return make
+    return perturbed

@@ -9,23 +9,10 @@ import time
 
 import httpx
 import pytest
-import torch
+from _models import perturbed
 
-from protlm.models.layers import init_weights
-from protlm.pretrained.registry import build_debug
 from protlm.serve import ServeConfig, create_app
 from protlm.serve.backend import Backend
-
-
-def perturbed(name: str = "esm2_debug", seed: int = 0):
-    """As tests/conftest.py's perturbed_model, at module scope: N(0, 0.02) weights moved off 1/0."""
-    torch.manual_seed(seed)
-    m = build_debug(name)
-    init_weights(m)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
 
 
 class ServerThread:
