@@ -13,6 +13,7 @@ takes names and paths alike (`device=` works here too; an inference `dtype=` is 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 
 def load_model_and_alphabet(name_or_path, **kwargs):
@@ -24,7 +25,6 @@ def load_model_and_alphabet(name_or_path, **kwargs):
 
 def load_model_and_alphabet_local(model_location, **kwargs):
     """A checkpoint on disk: fair-esm .pt file (regression beside it), HF or protlm folder."""
-    from pathlib import Path
 
     from protlm.errors import NotFoundError
 
@@ -45,8 +45,14 @@ def load_model_and_alphabet_hub(model_name, **kwargs):
     return load_model_and_alphabet(model_name, **kwargs)
 
 
+# `from protlm.pretrained import convert` asks __getattr__ before importing the submodule: a
+# submodule's name must not reach the registry (importing it mid-import of another submodule
+# would make a circle)
+_SUBMODULES = frozenset(p.stem for p in Path(__file__).parent.glob("*.py"))
+
+
 def __getattr__(name: str):
-    if not name.startswith("_") and name in _registry().REGISTRY:
+    if not name.startswith("_") and name not in _SUBMODULES and name in _registry().REGISTRY:
         def load(**kwargs):
             return load_model_and_alphabet_hub(name, **kwargs)
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from protlm.models.config import T5Config
+from protlm.pretrained.checkpoint import CheckpointError
 from protlm.pretrained.convert import rename_layer_key
 
 # HF key -> protlm key outside the layer stack. `shared` and `encoder.embed_tokens` are one tied
@@ -45,7 +46,7 @@ PROTLM_TO_HF_GLOBAL = {
 }
 
 
-class TiedEmbeddingError(ValueError):
+class TiedEmbeddingError(CheckpointError):
     """`shared.weight` and `encoder.embed_tokens.weight` differ in a file."""
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from protlm.pretrained.checkpoint import CheckpointError
+
 SPIECE_FILE, TOKENIZER_JSON, TOKENIZER_CONFIG = "spiece.model", "tokenizer.json", "tokenizer_config.json"
 DEFAULT_EXTRA_IDS = 100
 
 
-class VocabFileError(ValueError):
+class VocabFileError(CheckpointError):
     """A tokenizer file that cannot be read."""
 
 

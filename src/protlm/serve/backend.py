@@ -1,4 +1,5 @@
-"""The model behind the server, and the one module of protlm.serve that imports protlm.
+"""The model behind the server, and the one module of protlm.serve that imports protlm's library
+(protlm.errors aside).
 
 Every protlm-internal name the server uses is imported here (and re-exported for the other
 serve modules), so moving a library module means editing these import lines only.
@@ -27,7 +28,12 @@ from protlm.models.carp import NO_ATTENTION
 from protlm.models.encoder import has_mlm_head
 from protlm.runtime.options import LONG_MODES, InferenceOptions
 from protlm.runtime.precision import canonical
-from protlm.variants.mutations import Mutation, MutationError, centred_window, parse_mutant
+from protlm.variants.mutations import (
+    Mutation,
+    MutationError,
+    centred_window,
+    parse_mutant,
+)
 from protlm.variants.scoring import METHODS, score_mutants
 from protlm.version import __version__
 

@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
+from protlm.errors import ProtlmError
+
 SCAN_LIMIT = 4096  # pending items looked through for batch mates (bounds the worker's host time)
 
 
-class QueueFull(Exception):
+class QueueFull(ProtlmError):
     """The queue cannot take a request now; `retry_after` seconds is a fair guess of when."""
 
     def __init__(self, retry_after: int, queued: int, capacity: int):

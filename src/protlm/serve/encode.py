@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from starlette.responses import Response
 
+from protlm.errors import ProtlmError
+
 JSON = "application/json"
 NPY = "application/x-npy"
 SAFETENSORS = "application/x-safetensors"
@@ -25,7 +27,7 @@ NPY_HEADERS = ("layers", "amino_acids")  # short metadata sent as X-Protlm-* hea
 # a thousand of them would overflow clients' header limits; npy rows follow the request's order)
 
 
-class NotAcceptable(Exception):
+class NotAcceptable(ProtlmError):
     """The Accept header asks for a form this reply cannot take (HTTP 406)."""
 
 

@@ -16,8 +16,17 @@ from starlette.responses import Response
 
 from protlm.serve import encode
 from protlm.serve.backend import STANDARD_AAS, RequestError
-from protlm.serve.schemas import (ContactsReply, EmbeddingsReply, EmbeddingsRequest, ContactsRequest, ErrorReply,
-                                  PerplexityReply, PerplexityRequest, VariantsReply, VariantsRequest)
+from protlm.serve.schemas import (
+    ContactsReply,
+    ContactsRequest,
+    EmbeddingsReply,
+    EmbeddingsRequest,
+    ErrorReply,
+    PerplexityReply,
+    PerplexityRequest,
+    VariantsReply,
+    VariantsRequest,
+)
 from protlm.serve.service import Service, TooLarge
 
 router = APIRouter(prefix="/v1", tags=["models"])

@@ -37,11 +37,11 @@ class UnknownModel(RequestError):
     status = 404
 
 
-class NotReady(Exception):
+class NotReady(ProtlmError):
     """The model is still loading, or failed to (HTTP 503)."""
 
 
-class ClientGone(Exception):
+class ClientGone(ProtlmError):
     """The client disconnected before its reply was ready."""
 
 
