@@ -150,3 +150,23 @@ def test_every_error_is_a_protlm_error():
                     and f"{m}.{name}" not in ALLOWED_OUTSIDE):
                 outside.append(f"{m}.{name}")
     assert not outside, outside
+
+
+def test_names_the_docs_import_exist():
+    """Every `from protlm... import ...` line in README.md and docs/ names something that exists
+    (documentation kept in step with the layout)."""
+    import importlib
+    import re
+
+    root = SRC.parent
+    missing = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            m = re.match(r"\s*from (protlm[\w.]*) import ([\w, ]+)$", line)
+            if m is None:
+                continue
+            module = importlib.import_module(m.group(1))
+            for name in (n.strip() for n in m.group(2).split(",")):
+                if name and not hasattr(module, name) and not _exists(f"{m.group(1)}.{name}"):
+                    missing.append(f"{doc.name}: {m.group(1)}.{name}")
+    assert not missing, missing
