@@ -176,12 +176,6 @@ def load_fasta(path: str | Path, **kwargs) -> list[Record]:
     return list(read_fasta(path, **kwargs))
 
 
-def validate_fasta(path: str | Path, **kwargs) -> int:
-    """Validate a file in one streaming pass (memory flat in the number of records but the
-    set of IDs); returns the record count."""
-    return sum(1 for _ in read_fasta(path, **kwargs))
-
-
 def write_fasta(records: Iterable[tuple[str, str]], path: str | Path, width: int = 80) -> None:
     with open(path, "w") as fh:
         for rid, seq in records:
