@@ -11,7 +11,7 @@ from protlm.train.config import (
 )
 from protlm.train.schedule import lr_multiplier
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
