@@ -38,7 +38,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.log
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } > "$out/machine.txt"
 cat "$out/machine.txt"
 if [ "$smoke" = 1 ]; then
-    part cuda_tests 120 python3 -m pytest -q -x tests/unit/test_models_packed.py
+    part cuda_tests 120 python3 -m pytest -q -x tests/unit/models/test_packed.py
     part bench_gpu 120 python3 benchmarks/bench_gpu.py --smoke --fasta "$fasta"
     part bench_e2e 120 python3 benchmarks/bench_embed_e2e.py --fasta "$fasta" --layers 2 --dim 64 --heads 4 \
         --records 40 --toks-per-batch 2048 --repeats 1
@@ -47,7 +47,7 @@ if [ "$smoke" = 1 ]; then
 else
     # the tests that only run on CUDA (packed varlen kernels), then the two benchmarks.
     # Estimates, not yet measured: if bench_gpu is cut short, the next session runs `--family esm2`.
-    part cuda_tests 45 python3 -m pytest -q -x tests/unit/test_models_packed.py
+    part cuda_tests 45 python3 -m pytest -q -x tests/unit/models/test_packed.py
     part bench_gpu 280 python3 benchmarks/bench_gpu.py --fasta "$fasta"            # issue 9
     part bench_e2e 100 python3 benchmarks/bench_embed_e2e.py --fasta "$fasta" --records 2000  # issue 9: command vs engine
     part bench_train 150 python3 benchmarks/bench_train.py --preset gpu --fasta "$fasta" \

@@ -30,7 +30,7 @@ APPEND_TOKS = ("<mask>",)
 STANDARD_AAS = "ACDEFGHIKLMNPQRSTVWY"
 
 # ProtT5's sentencepiece pieces in id order (checked against public dumps of the published
-# tokenizer in tests/unit/test_alphabet_t5.py); T5Tokenizer appends 100 sentinels, highest first.
+# tokenizer in tests/unit/models/test_t5.py); T5Tokenizer appends 100 sentinels, highest first.
 PROT_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
 PROT_T5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 PROT_T5_EXTRA_IDS = 100

@@ -1,7 +1,7 @@
 """`protlm train` with parallel.compile = true (inductor on CPU) gives the eager losses.
 
 Slow: compiling a layer's forward and backward takes about half a minute on two CPU cores.
-tests/unit/test_train_parallelize.py checks the same composition (with each checkpointing
+tests/unit/train/test_parallelize.py checks the same composition (with each checkpointing
 option) through aot_eager, which traces but generates no code, in the default run.
 """
 

@@ -55,7 +55,7 @@ def test_hf_config_round_trip_for_published_configs():
     alphabet = Alphabet()
     for entry in REGISTRY.values():
         if entry.config.family in ("t5", "carp"):
-            continue  # tests/unit/test_t5.py; CARP has no HF layout (tests/unit/test_carp.py)
+            continue  # models/test_t5.py; CARP has no HF layout (models/test_carp.py)
         hf = convert.protlm_config_to_hf(entry.config, alphabet)
         assert convert.hf_config_to_protlm(hf, alphabet) == entry.config
     assert convert.protlm_config_to_hf(REGISTRY["esm1b_t33_650M_UR50S"].config, alphabet)[

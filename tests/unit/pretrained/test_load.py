@@ -20,7 +20,7 @@ from protlm.pretrained.load import load_model_and_alphabet
 from protlm.pretrained.protlm_format import save_protlm
 from protlm.pretrained.registry import DEBUG_CONFIGS, ModelEntry
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "reference"))
 import _writers as W  # noqa: E402  (reference-format writers shared with tests/reference)
 
 

@@ -1,4 +1,5 @@
-"""embed_io: HDF5 shards + ExternalLink index, consolidation, resume bookkeeping, .pt layout."""
+"""protlm.embed.writers and protlm.embed.h5: HDF5 shards + ExternalLink index, consolidation,
+resume bookkeeping, .pt layout."""
 
 from __future__ import annotations
 

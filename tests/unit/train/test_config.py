@@ -1,3 +1,4 @@
+import argparse
 import math
 import os
 import subprocess
@@ -5,13 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from protlm import Alphabet
+from protlm.models import ESM1b, ESM2, build_model
 from protlm.train.config import (
     ConfigError, TrainConfig, checkpointing_plan, compile_enabled, load_config, parse_override,
 )
 from protlm.train.schedule import lr_multiplier
 
-REPO = Path(__file__).resolve().parents[2]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -97,11 +106,78 @@ def test_defaults_are_the_published_optimiser():
     assert (o.betas, o.eps, o.weight_decay) == ((0.9, 0.98), 1e-8, 0.01)
 
 
-@pytest.mark.parametrize("preset", sorted((REPO / "src/protlm/train/presets").glob("*.toml")) +
-                         sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.stem)
-def test_presets_load_and_build(preset):
-    cfg = load_config(preset)
-    cfg.model.build_config()
+PRESETS = sorted((REPO / "src/protlm/train/presets").glob("*.toml")) + sorted((REPO / "configs").glob("*.toml"))
+
+
+def esm_parameter_count(family: str, layers: int, d: int, heads: int, max_positions: int = 1024,
+                        vocab: int = 33) -> int:
+    """Parameters of an ESM model counted by hand from its shape (Rives et al. 2021, Lin et al. 2023).
+
+    Token embedding (tied with the LM head's output projection); per layer the q, k, v and output
+    projections with biases, two LayerNorms and a 4d-wide FFN; the LayerNorm after the stack; the
+    LM head's dense layer, LayerNorm and output bias; the contact regression over every layer's
+    heads (+ bias). ESM-1b adds learned positions (max_positions + 2 rows: fairseq reserves the rows
+    up to the padding index) and a LayerNorm before the stack.
+    """
+    attention = 4 * (d * d + d)
+    ffn = (d * 4 * d + 4 * d) + (4 * d * d + d)
+    layer = attention + ffn + 2 * (2 * d)
+    lm_head = (d * d + d) + 2 * d + vocab
+    n = vocab * d + layers * layer + 2 * d + lm_head + (layers * heads + 1)
+    if family == "esm1b":
+        n += (max_positions + 2) * d + 2 * d
+    return n
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_build_the_model_their_model_section_describes(preset):
+    """Every shipped preset loads (validated) and builds the architecture its [model] table
+    names: the family's class, the layer count and widths, and the parameter count of that shape.
+    Built on the 'meta' device (no memory); the CPU-sized ones also run a forward."""
+    with open(preset, "rb") as fh:
+        section = tomllib.load(fh)["model"]
+    family, layers, d, heads = (section[k] for k in ("family", "num_layers", "embed_dim", "attention_heads"))
+    config = load_config(preset).model.build_config()
+    with torch.device("meta"):
+        model = build_model(config)
+    assert type(model) is {"esm2": ESM2, "esm1b": ESM1b}[family]
+    assert (len(model.layers), model.embed_dim, model.attention_heads) == (layers, d, heads)
+    assert {layer.fc1.out_features for layer in model.layers} == {4 * d}
+    count = sum(p.numel() for p in model.parameters())
+    assert count == esm_parameter_count(family, layers, d, heads, section.get("max_positions", 1024))
+    if count < 50e6:
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        tokens = Alphabet().get_batch_converter()([("x", "MKTAYIAKQRQISFVKSHFSRQ")])[2]
+        with torch.no_grad():
+            logits = model(tokens)["logits"]
+        assert logits.shape == (1, tokens.shape[1], 33) and torch.isfinite(logits).all()
+
+
+def fair_esm_model(preset: str):
+    """fair-esm's own class for the published model a preset reproduces (random weights, meta)."""
+    import esm
+
+    alphabet = esm.Alphabet.from_architecture("ESM-1b")
+    if preset == "esm1b_t33_650M":  # esm1b_t33_650M_UR50S's args
+        args = argparse.Namespace(arch="roberta_large", layers=33, embed_dim=1280, ffn_embed_dim=5120,
+                                  attention_heads=20, max_positions=1024, emb_layer_norm_before=True,
+                                  token_dropout=True)
+        return esm.ProteinBertModel(args, alphabet)
+    layers, dim = {"esm2_t33_650M": (33, 1280), "esm2_t6_8M": (6, 320)}[preset]
+    return esm.ESM2(layers, dim, 20, alphabet, token_dropout=True)
+
+
+@pytest.mark.parametrize("preset", ["esm2_t6_8M", "esm2_t33_650M", "esm1b_t33_650M"])
+def test_published_presets_have_the_published_models_tensors(preset):
+    """The presets named after published models build exactly those models' tensors: the same
+    state-dict names and shapes as fair-esm's class (so the published weights load strictly),
+    hence the published parameter counts (7.5M, 651M, 652M)."""
+    config = load_config(REPO / "src/protlm/train/presets" / f"{preset}.toml").model.build_config()
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in fair_esm_model(preset).state_dict().items()}
+    assert ours == theirs
 
 
 def test_esm_presets_match_published_shapes():

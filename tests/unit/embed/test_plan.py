@@ -1,4 +1,5 @@
-"""protlm.embed.shard: the split of records among ranks is deterministic and balanced."""
+"""protlm.embed.plan (split_by_cost, rank_loads): the split of records among ranks is
+deterministic and balanced."""
 
 from __future__ import annotations
 

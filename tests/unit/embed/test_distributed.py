@@ -1,5 +1,6 @@
-"""protlm.embed.distributed without torchrun: the sharded path as one rank, resume from rank shards of
-other world sizes, and the merge taking each record from wherever its current version is.
+"""The sharded embed path (rank shards, protlm.embed.writers) without torchrun: one rank,
+resume from rank shards of other world sizes, and the merge taking each record from wherever its
+current version is.
 (Two real ranks: tests/integration/test_embed_distributed.py.)"""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from protlm.runtime.options import InferenceOptions
 from protlm.embed.h5 import read as read_h5, read_info as read_h5_info, read_file_meta as read_h5_meta
 from protlm.embed.writers import H5Output, OutputMismatchError
 from protlm.pretrained.protlm_format import save_protlm
-from test_embed_io import META, hashed
+from .test_writers import META, hashed
 
 CFG = EmbedConfig(repr_layers=(0, -1), include=("mean", "per_tok", "bos"))
 

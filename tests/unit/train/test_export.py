@@ -141,7 +141,7 @@ def test_tools_outside_the_cli_report_user_errors_without_a_traceback(tmp_path, 
     from pathlib import Path
 
     (tmp_path / "not.h5").write_text("text, not HDF5\n")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     cmd = [sys.executable if a == "python" else a.format(tmp=tmp_path) for a in argv]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
     assert p.returncode == code, p.stderr
