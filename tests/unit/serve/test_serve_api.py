@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from conftest import start
+from .conftest import start
 from protlm.contacts.predict import attention_contacts
 from protlm.data.fasta import load_fasta
 from protlm.embed import EmbedConfig

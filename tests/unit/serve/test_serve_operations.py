@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ServerThread, start
+from .conftest import ServerThread, start
 from protlm.serve import ServeConfig, create_app
 
 

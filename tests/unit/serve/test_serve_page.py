@@ -1,5 +1,5 @@
 """The page at / in a real headless browser (Debian's chromium driven by Selenium through
-chromium-driver; .ci/run installs both): it loads, a FASTA file is uploaded and submitted, the
+chromium-driver; scripts/test.sh installs both): it loads, a FASTA file is uploaded and submitted, the
 contact picture with its top-L list and the landscape heat map appear, hovering a cell shows its
 score, and the mean embedding downloads as .npy. No console errors (a CSP violation is one)."""
 
@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import start
+from .conftest import start
 
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -23,7 +23,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQD"
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
-    # CI installs them (.ci/run), so there a missing browser is a failure, not a skip
+    # scripts/test.sh installs them, so in CI a missing browser is a failure, not a skip
     if os.environ.get("CI"):
         raise RuntimeError(f"CI needs {CHROMIUM} and {DRIVER}: apt-get install chromium chromium-driver")
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
