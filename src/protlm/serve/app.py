@@ -69,22 +69,34 @@ def _error(status: int, kind: str, message: str, headers: dict | None = None) ->
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
+def _invalid(err: dict, content_type: str) -> str:
+    """One schema error as 'where: what' (where: the field's dotted path, or 'body')."""
+    loc = err["loc"][1:]  # after "body"
+    if err["type"] == "json_invalid":  # loc: the character where parsing failed
+        return f"body: invalid JSON at character {loc[0]}: {err.get('ctx', {}).get('error', err['msg'])}"
+    if not loc and "json" not in content_type.lower():  # e.g. curl -d without a Content-Type header
+        return f"body: {err['msg']} (send JSON with the header 'Content-Type: application/json')"
+    return f"{'.'.join(str(x) for x in loc) or 'body'}: {err['msg']}"
+
+
 def _install_errors(app: FastAPI) -> None:
     service: Service = app.state.service
 
     @app.exception_handler(ProtlmError)
     async def protlm_error(request: Request, e: ProtlmError):
-        status = getattr(e, "status", 422)
+        # the error type is the status's own word, whichever layer refused (not the class name:
+        # a body over the limit and a request over --max-sequences are both "too_large")
+        status, kind = getattr(e, "status", 422), getattr(e, "kind", "invalid_request")
         if status == 422:
             service.metrics.reject("invalid")
         elif status == 413:
             service.metrics.reject("too_large")
-        return _error(status, type(e).__name__, str(e))
+        return _error(status, kind, str(e))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         service.metrics.reject("invalid")
-        parts = [f"{'.'.join(str(x) for x in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors()]
+        parts = [_invalid(err, request.headers.get("content-type", "")) for err in e.errors()]
         return _error(422, "invalid_request", "; ".join(parts))
 
     @app.exception_handler(HTTPException)

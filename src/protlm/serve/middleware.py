@@ -17,7 +17,7 @@ from protlm.serve.metrics import Metrics
 
 async def send_error(send, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
     """A JSON error reply ({"error": {"type", "message"}}) sent straight from a middleware."""
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    body = json.dumps({"error": {"type": kind, "message": message}}, separators=(",", ":")).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

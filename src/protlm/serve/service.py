@@ -28,13 +28,13 @@ log = logging.getLogger("protlm.serve")
 class TooLarge(RequestError):
     """A request over one of the per-request limits (HTTP 413)."""
 
-    status = 413
+    status, kind = 413, "too_large"
 
 
 class UnknownModel(RequestError):
     """A request naming a model this server does not serve (HTTP 404)."""
 
-    status = 404
+    status, kind = 404, "unknown_model"
 
 
 class NotReady(ProtlmError):
@@ -128,8 +128,7 @@ class Service:
         """Queue a request's (cost, key, payload) items and wait for their results, or for the
         client to disconnect (then its pending items are dropped before compute: ClientGone)."""
         cost = sum(c for c, _, _ in items)
-        if cost > self.cfg.max_queue_tokens:
-            self.metrics.reject("too_large")
+        if cost > self.cfg.max_queue_tokens:  # counted as too_large by the app's error handler
             raise TooLarge(f"this request needs {cost} model tokens, more than the queue holds "
                            f"({self.cfg.max_queue_tokens}); split it")
         try:

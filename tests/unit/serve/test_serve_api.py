@@ -146,6 +146,29 @@ def test_request_limits_name_the_record(client):
     assert "empty sequence" in error(client.post("/v1/embeddings", json=body([("a", " * ")])), 422)
 
 
+def test_error_types_do_not_depend_on_which_layer_refused(client):
+    """One `type` per kind of refusal: the body limit (middleware) and the per-request limits
+    (service) are both too_large, a schema error and a bad residue both invalid_request."""
+    def kind(reply, status):
+        assert reply.status_code == status, reply.text
+        return reply.json()["error"]["type"]
+
+    big = json.dumps(body([("a", "M" * 120_000)])).encode()
+    assert kind(client.post("/v1/embeddings", content=big), 413) == "too_large"
+    assert kind(client.post("/v1/embeddings", json=body([(f"r{i}", "MKV") for i in range(7)])), 413) == "too_large"
+    assert kind(client.post("/v1/embeddings", json={"sequences": [{"id": "a", "seq": "MK"}]}), 422) == "invalid_request"
+    assert kind(client.post("/v1/embeddings", json=body([("a", "MK1")])), 422) == "invalid_request"
+    assert kind(client.post("/v1/embeddings", json=body([("a", "MK")], model="esm2_t33")), 404) == "unknown_model"
+
+
+def test_a_body_that_is_not_json_says_so(client):
+    msg = error(client.post("/v1/embeddings", content=b'{"sequences": [,]}',
+                            headers={"Content-Type": "application/json"}), 422)
+    assert msg == "body: invalid JSON at character 15: Expecting value"
+    msg = error(client.post("/v1/embeddings", content=json.dumps(body([("a", "MK")])),
+                            headers={"Content-Type": "application/x-www-form-urlencoded"}), 422)
+    assert "Content-Type: application/json" in msg
+
 def test_contacts_equal_contacts_predict(client, records, reference_model):
     r = client.post("/v1/contacts", json=body(records[:2]))
     assert r.status_code == 200, r.text

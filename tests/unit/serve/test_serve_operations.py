@@ -73,7 +73,9 @@ def test_a_full_queue_answers_503_with_retry_after(server):
     finally:
         on_loop(server, lambda: [f.cancel() for f in filler])
         gate.set()
-    assert 'protlm_rejected_total{reason="queue_full"} 1' in httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'protlm_rejected_total{reason="queue_full"} 1' in metrics
+    assert 'protlm_rejected_total{reason="too_large"} 1' in metrics  # counted once, not once per layer
     assert httpx.post(server.url + "/v1/embeddings", json=one("a", "M" * 300)).status_code == 200
 
 
