@@ -1,9 +1,11 @@
 """Dynamic batching: the requests of many clients packed into the model's token-budget batches.
 
 One asyncio-side queue of pending work (each item a record of a request, or a whole scoring
-call, with its future) and one worker task. The worker takes the oldest item and every other
-pending item with the same key that fits `max_batch_cost` tokens, runs them in the one model
-thread (the event loop never waits on the model), and resolves their futures. The queue is
+call, with its future) and one worker task. Requests take turns: the worker takes the oldest
+item of the request whose turn it is, and every other pending item with the same key (of any
+request) that fits `max_batch_cost` tokens, runs them in the one model thread (the event loop
+never waits on the model), and resolves their futures. So a one-record request that arrives
+behind a 5,000-variant landscape runs in the next batch, not after the landscape. The queue is
 bounded in tokens: a request that would overflow it is refused whole (`QueueFull`, the server's
 503 + Retry-After), so memory never grows with the load. A request whose client went away
 cancels its futures: its pending items leave the queue at once, before any compute.
@@ -43,6 +45,7 @@ class Work:
     key: Hashable | None
     payload: Any
     future: asyncio.Future = field(repr=False)
+    request: int = 0  # the submit() call it came with: requests take turns
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Batcher:
         self.run_batch, self.max_batch_cost, self.max_queue_cost = run_batch, max_batch_cost, max_queue_cost
         self.wait_s, self.on_batch = wait_s, on_batch
         self._pending: dict[Work, None] = {}  # insertion-ordered: oldest first, O(1) removal
+        self._by_request: dict[int, dict[Work, None]] = {}  # each request's pending items, oldest first
+        self._turns: dict[int, None] = {}  # requests with pending items, whose turn comes first first
+        self._requests = 0
         self.queued_cost = 0
         self.running = 0  # items in the batch on the model thread now
         self._rate = 0.0  # tokens per second of recent batches (EWMA), for Retry-After
@@ -81,10 +87,13 @@ class Batcher:
         if self.queued_cost + total > self.max_queue_cost:
             raise QueueFull(self.retry_after(total), self.queued_cost, self.max_queue_cost)
         loop = asyncio.get_running_loop()
+        self._requests += 1
         futures = []
         for cost, key, payload in items:
-            work = Work(cost, key, payload, loop.create_future())
+            work = Work(cost, key, payload, loop.create_future(), self._requests)
             self._pending[work] = None
+            self._by_request.setdefault(work.request, {})[work] = None
+            self._turns[work.request] = None
             work.future.add_done_callback(lambda _, w=work: self._drop(w))
             futures.append(work.future)
         self.queued_cost += total
@@ -94,8 +103,16 @@ class Batcher:
     def _drop(self, work: Work) -> None:
         """A future done while still pending (its request was cancelled): out of the queue."""
         if work in self._pending:
-            del self._pending[work]
+            self._remove(work)
             self.queued_cost -= work.cost
+
+    def _remove(self, work: Work) -> None:
+        del self._pending[work]
+        mine = self._by_request[work.request]
+        del mine[work]
+        if not mine:
+            del self._by_request[work.request]
+            del self._turns[work.request]
 
     def retry_after(self, extra: int = 0) -> int:
         """Seconds until the queue has likely drained enough for `extra` more tokens (1..60)."""
@@ -136,15 +153,20 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
+    def _head(self) -> Work:
+        """The oldest item of the request whose turn it is."""
+        return next(iter(self._by_request[next(iter(self._turns))]))
+
     def _head_cost(self) -> int:
-        first = next(iter(self._pending))
+        first = self._head()
         if first.key is None:
             return self.max_batch_cost
         return sum(w.cost for w in self._pending if w.key == first.key)
 
     def _take(self) -> list[Work]:
-        """The oldest item and, if it batches, every pending mate that fits the budget."""
-        first = next(iter(self._pending))
+        """The head item and, if it batches, every pending mate that fits the budget (oldest
+        first, any request); the head's request then goes to the back of the turns."""
+        first = self._head()
         batch, cost = [first], first.cost
         if first.key is not None:
             for n, work in enumerate(self._pending):
@@ -154,7 +176,10 @@ class Batcher:
                     batch.append(work)
                     cost += work.cost
         for work in batch:
-            del self._pending[work]
+            self._remove(work)
+        if first.request in self._turns:
+            del self._turns[first.request]
+            self._turns[first.request] = None
         self.queued_cost -= cost
         return batch
 

@@ -135,3 +135,27 @@ def test_batch_wait_gathers_a_burst():
 
     assert run(main()) == [10, 20]
     assert rec.batches == [("a", [1, 2])]
+
+
+def test_requests_take_turns_so_a_small_one_is_not_stuck_behind_a_large_one():
+    """A landscape of many chunks queued first, then a one-record request: the small one runs in
+    the batch after the one in flight, not after every chunk of the landscape; a third request's
+    items with the landscape's key still join the landscape's batches."""
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = await _started(Batcher(rec, max_batch_cost=4, max_queue_cost=100))
+        big = b.submit([(4, "scan", i) for i in range(6)])  # one chunk per batch
+        await asyncio.sleep(0.05)  # chunk 0 is on the model thread
+        small = b.submit([(2, "embed", 100)])
+        other = b.submit([(4, "scan", 200)])
+        gate.set()
+        out = await asyncio.gather(*big, *small, *other)
+        await b.stop()
+        return out
+
+    assert run(main()) == [0, 10, 20, 30, 40, 50, 1000, 2000]
+    order = [payloads for _, payloads in rec.batches]
+    assert order[:3] == [[0], [1], [100]]  # the landscape's turn, then the small request's
+    assert order[3] == [200] and sorted(p for ps in order for p in ps) == [*range(6), 100, 200]
