@@ -420,11 +420,11 @@ def targets(rows: dict) -> list[str]:
     if fair and p8:
         out.append(f"target int8 >= 3x fair-esm fp32: e2e {p8['e2e_res_per_s'] / fair['e2e_res_per_s']:.2f}x, "
                    f"model {p8['model_res_per_s'] / fair['model_res_per_s']:.2f}x")
-    ec = rows.get("esm.cpp int8 packed")
+    ec = [(rows[k]["model_res_per_s"], k) for k in ("esm.cpp int8", "esm.cpp int8 packed") if k in rows]
     if p8 and ec:
-        out.append(f"target int8 >= 1.0x esm.cpp int8 (packed, model calls): "
-                   f"{p8['model_res_per_s'] / ec['model_res_per_s']:.2f}x; protlm int8 e2e against esm.cpp "
-                   f"int8 packed model calls {p8['e2e_res_per_s'] / ec['model_res_per_s']:.2f}x")
+        best, name = max(ec)  # esm.cpp's faster int8 path in this run
+        out.append(f"target int8 >= 1.0x esm.cpp int8 ({name!r}, its faster path, model calls): protlm int8 "
+                   f"model calls {p8['model_res_per_s'] / best:.2f}x, protlm int8 e2e {p8['e2e_res_per_s'] / best:.2f}x")
     if fair and pf:
         out.append(f"target fp32 >= 1.5x fair-esm fp32: e2e {pf['e2e_res_per_s'] / fair['e2e_res_per_s']:.2f}x, "
                    f"model {pf['model_res_per_s'] / fair['model_res_per_s']:.2f}x")
@@ -448,8 +448,13 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="a quick check: 8M shape, 8 records cut at 96 residues, one round, all cores only")
     p.add_argument("--out", type=Path, default=None, help="JSON results")
+    p.add_argument("--table", type=Path, default=None, help="print the table of an earlier --out file and stop")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        print(f"CPU: {describe(result['cpu'])}\ncommand: {result['command']}{table(result)}")
+        return
 
     if args.worker is not None:  # one (shape, threads) in this process; arguments and result in JSON
         job = json.loads(args.worker.read_text())
