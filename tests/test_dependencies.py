@@ -81,6 +81,18 @@ def test_package_and_main_job_import_only_runtime_dependencies():
     assert not _undeclared(files, runtime | optional, {"protlm"}, optional)
 
 
+def test_package_never_imports_benchmark_only_extras():
+    """The bench extra (esm.cpp, a peer to measure against) stays out of the library."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    bench = {_norm(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in project["optional-dependencies"]["bench"]}
+    modules = {n.replace("-", "_") for n in bench}  # esm-cpp installs esm_cpp
+    for f in sorted((REPO / "src" / "protlm").rglob("*.py")):
+        nodes = list(ast.walk(ast.parse(f.read_text())))  # guarded imports too
+        names = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        assert not names & modules, f"{f.relative_to(REPO)} imports a benchmark-only extra"
+
+
 def test_tests_import_only_declared_test_dependencies():
     runtime, test, _ = _declared()
     files = sorted((REPO / "tests").rglob("*.py"))

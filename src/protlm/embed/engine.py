@@ -15,6 +15,12 @@ LM log-probabilities of masked or plain sequences).
   alphabet: ESM <cls> residues <eos>, ProtT5 residues </s> (no BOS, so no 'bos' pooling), CARP
   residues only. Models without a packed forward (`supports_packing` False: T5's relative
   position bias is per token pair, CARP's convolutions would mix neighbours) run padded.
+- On a CPU a packed forward is also capped at `cpu_forward_tokens(config)` tokens (a batch of
+  `toks_per_batch` then runs as several forwards): its widest activation (tokens x FFN width,
+  fp32) stays within glibc's largest mmap threshold, 32 MiB on 64-bit Linux. A larger block is
+  mmapped afresh at every allocation and zero-filled page by page on first touch: at 4096 tokens
+  that cost ~20% of an int8 ESM-2 150M forward on 2 cores (benchmarks/RESULTS.md, section 10).
+  Outputs do not depend on how sequences are grouped (packed layout, per-token int8).
 - `compile=True` compiles each transformer layer (protlm.runtime.compile); packed batches are
   padded with one dummy sequence to a multiple of `COMPILE_BUCKET` tokens so a long run builds a
   handful of graphs.
@@ -40,6 +46,15 @@ from protlm.runtime.compile import compile_layers, is_compiled
 OUTPUTS = ("mean", "bos", "max", "per_tok", "contacts")
 LONG_MODES = ("truncate", "window", "error")
 COMPILE_BUCKET = 256  # packed token counts are rounded up to a multiple of this when compiling
+CPU_ACTIVATION_BYTES = 32 * 2**20  # glibc's largest mmap threshold on 64-bit (see the module docstring)
+
+
+def cpu_forward_tokens(config) -> int:
+    """The most tokens a packed CPU forward holds: its widest per-token activation (the FFN's,
+    or q/k/v fused by the int8 attention), in fp32, within CPU_ACTIVATION_BYTES with a row to
+    spare (the int8 kernel appends one), rounded down to a multiple of 256 (ESM-2 150M: 3072)."""
+    widest = max(getattr(config, "ffn_embed_dim", 0), 3 * config.embed_dim)
+    return max(256, (CPU_ACTIVATION_BYTES // (4 * widest) - 1) // 256 * 256)
 
 
 @dataclass
@@ -104,11 +119,14 @@ class Engine:
     tokens per packed forward (padded tokens when contacts are asked for); long: 'truncate' |
     'window' | 'error' for sequences over `window` residues (default the model's limit).
     compile: compile the model's layers in place (see the module docstring).
+    forward_tokens: tokens per packed forward; default toks_per_batch, capped on a CPU at
+    `cpu_forward_tokens` (see the module docstring).
     """
 
     def __init__(self, model, alphabet: Alphabet | None = None, repr_layers: Sequence[int] = (-1,), *,
                  toks_per_batch: int = 4096, long: str = "truncate", window: int | None = None,
-                 max_padding: float = 0.05, compile: bool = False, packed: bool = True):
+                 max_padding: float = 0.05, compile: bool = False, packed: bool = True,
+                 forward_tokens: int | None = None):
         if long not in LONG_MODES:
             raise InputError(f"long must be one of {LONG_MODES}, got {long!r}")
         if toks_per_batch <= 0:
@@ -122,6 +140,12 @@ class Engine:
         if self.compile and not is_compiled(model):
             compile_layers(model)
         self.device = next(model.parameters()).device
+        if forward_tokens is None:
+            on_cpu = self.device.type == "cpu" and self.packed
+            forward_tokens = min(toks_per_batch, cpu_forward_tokens(model.config)) if on_cpu else toks_per_batch
+        if forward_tokens <= 0:
+            raise InputError(f"forward_tokens must be positive, got {forward_tokens}")
+        self.forward_tokens = forward_tokens  # packed forwards only: padded ones keep toks_per_batch
         self.compile_s = 0.0  # wall time of forwards that compiled a new graph
         self.compiled_token_counts: set[int] = set()  # packed token counts compiled so far
         self._specials, self._offset = self.alphabet.num_specials, self.alphabet.residue_offset
@@ -160,8 +184,9 @@ class Engine:
         enc = [self.alphabet.encode(seqs[records[r]][s:e], f"#{records[r]}", s) for r, s, e in job.pieces]
         # windows of one batch may still overflow a forward: split in order, within the budget
         costs = [len(e) + self._specials for e in enc]
-        for group in budget_batches(costs, self.toks_per_batch, packed=self._is_packed(want),
-                                    order=range(len(enc))):
+        packed = self._is_packed(want)
+        for group in budget_batches(costs, self.forward_tokens if packed else self.toks_per_batch,
+                                    packed=packed, order=range(len(enc))):
             job.forwards.append(self._tokens(group, enc, want))
         return job
 
@@ -259,8 +284,8 @@ class Engine:
         if any(c > self.window + self._specials for c in costs):
             raise InputError(f"a sequence is over the model's limit of {self.window} residues")
         packed = self._is_packed(want)
-        for group in budget_batches(costs, self.toks_per_batch, packed=packed,
-                                    max_padding=None if packed else self.max_padding):
+        for group in budget_batches(costs, self.forward_tokens if packed else self.toks_per_batch,
+                                    packed=packed, max_padding=None if packed else self.max_padding):
             _, tokens, cu = self._tokens(group, encoded, want)
             tokens = tokens.to(self.device, non_blocking=True)
             if cu is None:

@@ -104,6 +104,39 @@ def test_packed_batches_fill_the_real_token_budget(model):
     assert batches == [[0, 4, 2], [1], [3]]  # 12+22+32=66; +42 > 100; the 202-token one alone
 
 
+def test_cpu_forwards_keep_the_widest_activation_off_fresh_mmaps(model, seqs):
+    """On a CPU a packed forward holds at most cpu_forward_tokens: its FFN activation (plus the
+    int8 kernel's extra row) stays within glibc's 32 MiB mmap threshold. A batch is split into
+    more forwards, with the same outputs, for embeddings and log-probs alike."""
+    from protlm.embed.engine import CPU_ACTIVATION_BYTES, cpu_forward_tokens
+    from protlm.models import esm1b_config, esm2_config
+
+    published = {(12, 480): 4352, (30, 640): 3072, (33, 1280): 1536}  # ESM-2 35M, 150M, 650M
+    for (layers, dim), tokens in published.items():
+        cfg = esm2_config(layers, dim, 20)
+        assert cpu_forward_tokens(cfg) == tokens
+        assert (tokens + 1) * cfg.ffn_embed_dim * 4 <= CPU_ACTIVATION_BYTES
+    assert cpu_forward_tokens(esm1b_config()) == 1536
+    assert Engine(model).forward_tokens == min(4096, cpu_forward_tokens(model.config))
+    assert Engine(model, toks_per_batch=300).forward_tokens == 300
+    with pytest.raises(InputError, match="forward_tokens"):
+        Engine(model, forward_tokens=0)
+
+    whole, split = Engine(model, toks_per_batch=2000), Engine(model, toks_per_batch=2000, forward_tokens=400)
+    batch = whole.batches([len(s) for s in seqs], {"mean"})[0]
+    assert len(split.plan(seqs, batch, {"mean"}).forwards) > len(whole.plan(seqs, batch, {"mean"}).forwards)
+    for p, q in zip(_all(split, seqs, {"mean", "per_tok"}), _all(whole, seqs, {"mean", "per_tok"})):
+        torch.testing.assert_close(p["per_tok"], q["per_tok"], atol=TOL, rtol=0)
+    a = model.alphabet
+    encoded = [a.encode(s[:150]) for s in seqs]
+    n_split = sum(1 for _ in split.log_probs(encoded))
+    assert n_split > sum(1 for _ in whole.log_probs(encoded))
+    got = {i: lp for idx, lps in split.log_probs(encoded) for i, lp in zip(idx, lps)}
+    for idx, lps in whole.log_probs(encoded):
+        for i, lp in zip(idx, lps):
+            torch.testing.assert_close(got[i], lp, atol=TOL, rtol=0)
+
+
 def test_compile_rounds_packed_batches_up_to_a_bucket(model, seqs):
     """Compiled layers give the eager numbers, and a run with many batch sizes compiles only a
     few token counts (multiples of COMPILE_BUCKET), the dummy sequence's rows never reaching
