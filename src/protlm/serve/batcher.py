@@ -65,8 +65,8 @@ class Batcher:
         self.run_batch, self.max_batch_cost, self.max_queue_cost = run_batch, max_batch_cost, max_queue_cost
         self.wait_s, self.on_batch = wait_s, on_batch
         self._pending: dict[Work, None] = {}  # insertion-ordered: oldest first, O(1) removal
-        self._by_request: dict[int, dict[Work, None]] = {}  # each request's pending items, oldest first
-        self._turns: dict[int, None] = {}  # requests with pending items, whose turn comes first first
+        # each request's pending items, oldest first; the dict's order is the order of turns
+        self._by_request: dict[int, dict[Work, None]] = {}
         self._requests = 0
         self.queued_cost = 0
         self.running = 0  # items in the batch on the model thread now
@@ -93,7 +93,6 @@ class Batcher:
             work = Work(cost, key, payload, loop.create_future(), self._requests)
             self._pending[work] = None
             self._by_request.setdefault(work.request, {})[work] = None
-            self._turns[work.request] = None
             work.future.add_done_callback(lambda _, w=work: self._drop(w))
             futures.append(work.future)
         self.queued_cost += total
@@ -112,7 +111,6 @@ class Batcher:
         del mine[work]
         if not mine:
             del self._by_request[work.request]
-            del self._turns[work.request]
 
     def retry_after(self, extra: int = 0) -> int:
         """Seconds until the queue has likely drained enough for `extra` more tokens (1..60)."""
@@ -155,7 +153,7 @@ class Batcher:
 
     def _head(self) -> Work:
         """The oldest item of the request whose turn it is."""
-        return next(iter(self._by_request[next(iter(self._turns))]))
+        return next(iter(next(iter(self._by_request.values()))))
 
     def _head_cost(self) -> int:
         first = self._head()
@@ -177,9 +175,8 @@ class Batcher:
                     cost += work.cost
         for work in batch:
             self._remove(work)
-        if first.request in self._turns:
-            del self._turns[first.request]
-            self._turns[first.request] = None
+        if first.request in self._by_request:  # to the back of the turns
+            self._by_request[first.request] = self._by_request.pop(first.request)
         self.queued_cost -= cost
         return batch
 
