@@ -62,6 +62,25 @@ def test_masked_marginal_by_hand(debug_model):
     assert got[2] == 0.0
 
 
+def test_masked_marginal_scan_masks_each_position_once_in_packed_forwards(debug_model):
+    """A full single-mutant scan (L x 19 variants) runs L masked sequences, not one per variant,
+    packed several to a model call; each position's 19 scores come from its one forward."""
+    model = debug_model("esm2_debug")
+    a = model.alphabet
+    mutants = [f"{w}{i}{m}" for i, w in enumerate(WT, 1) for m in "ACDEFGHIKLMNPQRSTVWY" if m != w]
+    seen = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["cu_seqlens"].numel() - 1),
+                                           with_kwargs=True)
+    got = score_mutants(model, a, WT, mutants, "masked-marginal", toks_per_batch=8 * (len(WT) + 2))
+    hook.remove()
+    assert len(mutants) == 19 * len(WT) and sum(seen) == len(WT)  # one masked sequence per position
+    assert len(seen) == -(-len(WT) // 8)  # packed: 8 sequences per model call
+    lp = _log_probs(model, WT, [4])
+    for m, score in zip(mutants, got):
+        if m[1:-1] == "5":
+            assert score == pytest.approx(float(lp[5, a.get_idx(m[-1])] - lp[5, a.get_idx(m[0])]), abs=1e-5)
+
+
 def test_wt_marginal_by_hand(debug_model):
     model = debug_model("esm1b_debug")
     a = model.alphabet
