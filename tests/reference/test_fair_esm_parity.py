@@ -132,3 +132,29 @@ def test_full_esm1b_config(tmp_path, shared_data):
         scale = r["representations"][i].abs().max().item()
         err = (fast["representations"][i] - r["representations"][i]).abs().max().item()
         assert err <= TOL + 1e-6 * scale, (i, err, scale)
+
+
+@pytest.mark.parametrize("family,kw", [W.FAIR_ESM_SHAPES[0], W.FAIR_ESM_SHAPES[2]])
+def test_cpu_fp32_inference_form_parity(tmp_path, shared_data, family, kw):
+    """What every command runs on a CPU in fp32 (prepare_model: oneDNN GEMMs, GELU fused into
+    fc1) keeps fair-esm's outputs to 1e-5, padded and packed."""
+    from protlm.embed.engine import Engine
+    from protlm.models.cpu_linear import OneDNNLinear
+    from protlm.runtime.precision import prepare_model
+
+    ref, meta = build_reference(family, **kw)
+    model, alphabet = load_model_and_alphabet(W.write_fair_esm(ref, meta, tmp_path / "m.pt"))
+    model = prepare_model(model, "cpu", "fp32", verbose=False)
+    assert any(isinstance(m, OneDNNLinear) and m.post_op == "gelu" for m in model.modules())
+    batch = real_batch(shared_data, max_len=160)
+    tokens = alphabet.get_batch_converter()(batch)[2]
+    n = kw["layers"]
+    d = max_diffs(ref, model, tokens, [0, 1, n // 2, n], explicit=False)
+    assert max(d.values()) <= TOL, d
+    seqs = [s.replace("<mask>", "A") for _, s in batch]
+    with torch.no_grad():
+        got = Engine(model, toks_per_batch=2048).pooled(seqs, "mean")[:, 0]
+        ref_tokens = alphabet.get_batch_converter()(list(zip("abcd", seqs)))[2]
+        x = ref(ref_tokens, repr_layers=[n])["representations"][n]
+    want = torch.stack([x[i, 1:len(s) + 1].mean(0) for i, s in enumerate(seqs)])
+    assert (got - want).abs().max().item() <= TOL

@@ -21,7 +21,7 @@ from protlm.dtypes import canonical, cast_parameters_
 from protlm.errors import InputError
 
 FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-PROBE_VERSION = 2  # 2: int8 with fused per-token passes on oneDNN
+PROBE_VERSION = 3  # 2: int8 with fused per-token passes on oneDNN; 3: fp32 on oneDNN
 PROBE_SHAPE = (256, 1280, 5120)  # tokens, in, out: ESM-1b / ESM-2 650M fc1
 
 
@@ -51,11 +51,14 @@ def describe_features(feats: dict[str, object]) -> str:
 
 def probe(repeats: int = 3) -> dict[str, float]:
     """Seconds per call (best of `repeats`) of one Linear in fp32, bf16 and int8 on this CPU."""
+    from protlm.models import cpu_linear
     from protlm.models.int8 import Int8Linear
 
     T, d_in, d_out = PROBE_SHAPE
     gen = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(d_in, d_out)
+    if cpu_linear.enabled():  # fp32 as prepare_model will run it
+        cpu_linear.use_onednn_linear_(lin)
     x = torch.randn(T, d_in, generator=gen)
     bf16 = torch.nn.Linear(d_in, d_out).to(torch.bfloat16)
     bf16.load_state_dict(lin.state_dict())
@@ -131,13 +134,18 @@ def prepare_model(model, device: str, dtype: str = "fp32", source=None, verbose:
     """Move, cast or quantize `model` for inference (outputs stay float32); eval mode.
 
     int8: quantized in place (protlm.models.int8), the int8 weights read from / written to the
-    cache for `source` (the model's name or path; None: not cached). Returns the model.
+    cache for `source` (the model's name or path; None: not cached). On the CPU the fp32 Linear
+    layers left then run on oneDNN (protlm.models.cpu_linear). Returns the model.
     """
+    from protlm.models import cpu_linear
     from protlm.runtime.int8_cache import quantize_cached
 
     short = resolve_dtype(dtype, device, verbose)
     model = model.to(device).eval()
     if short == "int8":
         quantize_cached(model, source, verbose)
-        return model
-    return cast_parameters_(model, short)
+    else:
+        model = cast_parameters_(model, short)
+    if str(device).startswith("cpu") and cpu_linear.enabled():
+        cpu_linear.use_onednn_linear_(model)
+    return model
