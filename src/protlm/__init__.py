@@ -22,9 +22,13 @@ def load_model_and_alphabet(name_or_path, device=None, dtype=None):
     `dtype` (None: fp32 as loaded): an inference precision, fp32 | bf16 | fp16 | int8 | auto
     (protlm.runtime.precision; int8 weights are cached after the first quantization).
     """
+    from protlm.dtypes import canonical
     from protlm.pretrained.load import load_model
+    from protlm.runtime.options import InferenceOptions
     from protlm.runtime.precision import prepare_model
 
+    if dtype is not None and canonical(dtype) == "auto":  # measured, with this model's accuracy checked
+        dtype = InferenceOptions(model=str(name_or_path), device=str(device or "cpu"), dtype=dtype).resolved().dtype
     model = load_model(name_or_path)
     if dtype is not None:
         model = prepare_model(model, str(device or "cpu"), dtype, source=str(name_or_path))

@@ -10,6 +10,7 @@ batch, long sequences truncated (each command documents what `long` means for it
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,14 @@ class InferenceOptions:
 
     def resolved(self, verbose: bool = True) -> "InferenceOptions":
         """The same options with the device chosen and checked and `auto` precision measured
-        (it says what it picked); int8 on CUDA is refused. Call once, before loading."""
+        (it says what it picked; a named model's own accuracy in each faster precision is checked,
+        protlm.runtime.agreement); int8 on CUDA is refused. Call once, before loading."""
+        from protlm.runtime.agreement import cosine_to_fp32
         from protlm.runtime.precision import resolve_dtype
 
         device = check_device(self.device)
-        return dataclasses.replace(self, device=device, dtype=resolve_dtype(self.dtype, device, verbose))
+        check = None if self.model is None else functools.partial(cosine_to_fp32, self.model)
+        return dataclasses.replace(self, device=device, dtype=resolve_dtype(self.dtype, device, verbose, check))
 
     def load(self, loader=None, verbose: bool = True):
         """(model prepared for inference on the device in the precision, alphabet); options

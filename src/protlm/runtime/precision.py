@@ -3,7 +3,9 @@
 `prepare_model(model, device, dtype, source)` is what every inference command calls after
 loading. `auto` picks, on a CPU, the fastest of fp32, bf16 and int8 measured by a short probe
 (one Linear of the ESM-1b FFN shape, 256 tokens, about a second) cached per CPU, torch
-version and thread count in protlm's cache folder; on CUDA it picks bf16. It says what it chose.
+version and thread count in protlm's cache folder, among those that keep the model's mean
+embeddings within cosine 0.999 of fp32 (protlm.runtime.agreement, when the model is named);
+on CUDA it picks bf16. It says what it chose and why.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from protlm.errors import InputError
 FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 PROBE_VERSION = 3  # 2: int8 with fused per-token passes on oneDNN; 3: fp32 on oneDNN
 PROBE_SHAPE = (256, 1280, 5120)  # tokens, in, out: ESM-1b / ESM-2 650M fc1
+MIN_COSINE = 0.999  # auto's accuracy rule: mean embeddings against fp32 (protlm.runtime.agreement)
 
 
 def cpu_features() -> dict[str, object]:
@@ -88,8 +91,12 @@ def _probe_file() -> Path:
     return cache_root() / "cpu_probe" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def auto_dtype(device: str = "cpu", verbose: bool = True) -> str:
-    """The dtype `auto` stands for on `device` (see the module docstring); prints why to stderr."""
+def auto_dtype(device: str = "cpu", verbose: bool = True, check=None) -> str:
+    """The dtype `auto` stands for on `device` (see the module docstring); prints why to stderr.
+
+    `check(dtype)` -> the cosine of that precision's mean embeddings against fp32 on the model
+    at hand (protlm.runtime.agreement): a faster precision below MIN_COSINE is passed over for
+    the next. None: speed alone decides (no model named)."""
     if str(device).startswith("cuda"):
         choice, why = "bf16", "CUDA"
     else:
@@ -104,20 +111,31 @@ def auto_dtype(device: str = "cpu", verbose: bool = True) -> str:
                 path.write_text(json.dumps({"features": cpu_features(), "seconds": times}, indent=1))
             except OSError:
                 pass
-        choice = min(times, key=times.get)
         rates = ", ".join(f"{k} {2 * PROBE_SHAPE[0] * PROBE_SHAPE[1] * PROBE_SHAPE[2] / v / 1e9:.0f}"
                           for k, v in times.items())
         why = f"{describe_features(cpu_features())}; {source}, GFLOP/s: {rates}"
+        choice = "fp32"
+        for candidate in sorted(times, key=times.get):
+            if candidate == "fp32" or check is None:
+                choice = candidate
+                break
+            cos = check(candidate)
+            why += f"; {candidate} mean-embedding cosine {cos:.6f} against fp32"
+            if cos >= MIN_COSINE:
+                choice = candidate
+                break
+            why += f" < {MIN_COSINE}: not taken"
     if verbose:
         print(f"--dtype auto: {choice} ({why})", file=sys.stderr, flush=True)
     return choice
 
 
-def resolve_dtype(dtype: str, device: str, verbose: bool = True) -> str:
-    """A concrete dtype name: `auto` resolved, int8 refused on CUDA, aliases canonical."""
+def resolve_dtype(dtype: str, device: str, verbose: bool = True, check=None) -> str:
+    """A concrete dtype name: `auto` resolved (with `check`, see auto_dtype), int8 refused on
+    CUDA, aliases canonical."""
     short = canonical(dtype)
     if short == "auto":
-        short = auto_dtype(device, verbose)
+        short = auto_dtype(device, verbose, check)
     if short == "int8" and not str(device).startswith("cpu"):
         raise InputError(f"--dtype int8 runs on the CPU only (PyTorch's quantized CPU kernels), not "
                          f"on {device}; use --dtype bf16 on a GPU")
