@@ -48,13 +48,10 @@ def test_convert_refuses_int8(tmp_path):
         convert_checkpoint(str(model), str(tmp_path / "out"), dtype="int8")
 
 
-def test_embed_dtype_auto_checks_the_model_then_records_its_choice(tmp_path, shared_data, monkeypatch):
-    """`--dtype auto` on the command line: the probe's fastest precision, checked on this model's
-    own embeddings (cosine >= 0.999 of fp32), is what runs and what the output file records."""
-    from protlm.runtime import precision
-
+def test_embed_dtype_auto_measures_the_model_then_records_its_choice(tmp_path, shared_data, monkeypatch):
+    """`--dtype auto` on the command line: the fastest precision measured on this model, with its
+    mean embeddings within cosine 0.999 of fp32, is what runs and what the output file records."""
     monkeypatch.setenv("PROTLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "probe", lambda: {"fp32": 2.0, "bf16": 1.5, "int8": 1.0})
     torch.manual_seed(0)
     model = save_protlm(build_model(DEBUG_CONFIGS["esm2_debug"]), tmp_path / "m")
     fasta = shared_data / "sequences" / "some_proteins.fasta"
@@ -63,6 +60,6 @@ def test_embed_dtype_auto_checks_the_model_then_records_its_choice(tmp_path, sha
     assert r.exit_code == 0, r.output
     line = next(x for x in r.output.splitlines() if x.startswith("--dtype auto: "))
     chosen = line.split()[2]
-    assert "int8 mean-embedding cosine" in line and chosen in ("int8", "bf16")
+    assert "measured on the model: fp32 " in line and chosen in ("fp32", "bf16", "int8")
     assert read_h5_meta(tmp_path / "a.h5")["dtype"] == chosen
     assert list((tmp_path / "cache" / "auto").glob("*.json"))

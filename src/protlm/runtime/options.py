@@ -39,15 +39,15 @@ class InferenceOptions:
         canonical(self.dtype)  # an unknown name fails here, before anything loads
 
     def resolved(self, verbose: bool = True) -> "InferenceOptions":
-        """The same options with the device chosen and checked and `auto` precision measured
-        (it says what it picked; a named model's own accuracy in each faster precision is checked,
-        protlm.runtime.agreement); int8 on CUDA is refused. Call once, before loading."""
-        from protlm.runtime.agreement import cosine_to_fp32
+        """The same options with the device chosen and checked and `auto` precision measured (speed
+        and agreement with fp32 on the named model itself, protlm.runtime.agreement; it says what
+        it picked); int8 on CUDA is refused. Call once, before loading."""
+        from protlm.runtime.agreement import measure
         from protlm.runtime.precision import resolve_dtype
 
         device = check_device(self.device)
-        check = None if self.model is None else functools.partial(cosine_to_fp32, self.model)
-        return dataclasses.replace(self, device=device, dtype=resolve_dtype(self.dtype, device, verbose, check))
+        measured = None if self.model is None else functools.partial(measure, self.model)
+        return dataclasses.replace(self, device=device, dtype=resolve_dtype(self.dtype, device, verbose, measured))
 
     def load(self, loader=None, verbose: bool = True):
         """(model prepared for inference on the device in the precision, alphabet); options

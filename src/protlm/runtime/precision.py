@@ -1,11 +1,11 @@
 """Inference precision: fp32 / bf16 / fp16 casts, int8 quantization, and `auto`.
 
 `prepare_model(model, device, dtype, source)` is what every inference command calls after
-loading. `auto` picks, on a CPU, the fastest of fp32, bf16 and int8 measured by a short probe
-(one Linear of the ESM-1b FFN shape, 256 tokens, about a second) cached per CPU, torch
-version and thread count in protlm's cache folder, among those that keep the model's mean
-embeddings within cosine 0.999 of fp32 (protlm.runtime.agreement, when the model is named);
-on CUDA it picks bf16. It says what it chose and why.
+loading. `auto` picks, on a CPU, the fastest of fp32, bf16 and int8 that keeps mean embeddings
+within cosine 0.999 of fp32, measured on the named model itself (protlm.runtime.agreement,
+remembered per weights and CPU). With no model named, a short probe decides on speed alone (one
+Linear of the ESM-1b FFN shape, 256 tokens, about a second; cached per CPU, torch version and
+thread count in protlm's cache folder). On CUDA it picks bf16. It says what it chose and why.
 """
 
 from __future__ import annotations
@@ -91,51 +91,53 @@ def _probe_file() -> Path:
     return cache_root() / "cpu_probe" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def auto_dtype(device: str = "cpu", verbose: bool = True, check=None) -> str:
+def auto_dtype(device: str = "cpu", verbose: bool = True, measured=None) -> str:
     """The dtype `auto` stands for on `device` (see the module docstring); prints why to stderr.
 
-    `check(dtype)` -> the cosine of that precision's mean embeddings against fp32 on the model
-    at hand (protlm.runtime.agreement): a faster precision below MIN_COSINE is passed over for
-    the next. None: speed alone decides (no model named)."""
+    `measured()` -> {dtype: {"seconds", "cosine"}} measured on the model at hand
+    (protlm.runtime.agreement.measure): the fastest precision with cosine >= MIN_COSINE against
+    fp32 is chosen. None (no model named): the one-Linear probe decides."""
     if str(device).startswith("cuda"):
         choice, why = "bf16", "CUDA"
+    elif measured is not None:
+        m = measured()
+        ok = [k for k, v in m.items() if k == "fp32" or v["cosine"] >= MIN_COSINE]
+        choice = min(ok, key=lambda k: m[k]["seconds"])
+        why = f"{describe_features(cpu_features())}; measured on the model: " + ", ".join(
+            f"{k} {v['seconds'] * 1e3:.0f} ms, cosine {v['cosine']:.6f}{'' if k in ok else ' < ' + str(MIN_COSINE)}"
+            for k, v in m.items())
     else:
-        path = _probe_file()
-        try:
-            times = json.loads(path.read_text())["seconds"]
-            source = f"cached probe {path}"
-        except (OSError, ValueError, KeyError):
-            times, source = probe(), "probe"
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"features": cpu_features(), "seconds": times}, indent=1))
-            except OSError:
-                pass
+        times, source = _probed()
+        choice = min(times, key=times.get)
         rates = ", ".join(f"{k} {2 * PROBE_SHAPE[0] * PROBE_SHAPE[1] * PROBE_SHAPE[2] / v / 1e9:.0f}"
                           for k, v in times.items())
         why = f"{describe_features(cpu_features())}; {source}, GFLOP/s: {rates}"
-        choice = "fp32"
-        for candidate in sorted(times, key=times.get):
-            if candidate == "fp32" or check is None:
-                choice = candidate
-                break
-            cos = check(candidate)
-            why += f"; {candidate} mean-embedding cosine {cos:.6f} against fp32"
-            if cos >= MIN_COSINE:
-                choice = candidate
-                break
-            why += f" < {MIN_COSINE}: not taken"
     if verbose:
         print(f"--dtype auto: {choice} ({why})", file=sys.stderr, flush=True)
     return choice
 
 
-def resolve_dtype(dtype: str, device: str, verbose: bool = True, check=None) -> str:
-    """A concrete dtype name: `auto` resolved (with `check`, see auto_dtype), int8 refused on
+def _probed() -> tuple[dict[str, float], str]:
+    """The probe's seconds per precision, from the cache when this CPU was probed before."""
+    path = _probe_file()
+    try:
+        return json.loads(path.read_text())["seconds"], f"cached probe {path}"
+    except (OSError, ValueError, KeyError):
+        times = probe()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"features": cpu_features(), "seconds": times}, indent=1))
+    except OSError:
+        pass
+    return times, "probe"
+
+
+def resolve_dtype(dtype: str, device: str, verbose: bool = True, measured=None) -> str:
+    """A concrete dtype name: `auto` resolved (with `measured`, see auto_dtype), int8 refused on
     CUDA, aliases canonical."""
     short = canonical(dtype)
     if short == "auto":
-        short = auto_dtype(device, verbose, check)
+        short = auto_dtype(device, verbose, measured)
     if short == "int8" and not str(device).startswith("cpu"):
         raise InputError(f"--dtype int8 runs on the CPU only (PyTorch's quantized CPU kernels), not "
                          f"on {device}; use --dtype bf16 on a GPU")
