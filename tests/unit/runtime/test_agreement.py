@@ -59,3 +59,15 @@ def test_the_measurement_compares_real_embeddings(debug_model):
     torch.testing.assert_close(ref[2], next(iter(alone.values()))[0].mean(0), atol=1e-5, rtol=0)
     other, _ = agreement.timed_mean_embeddings(debug_model("esm2_debug", seed=1), repeats=1)
     assert torch.nn.functional.cosine_similarity(other, ref, dim=1).min() < precision.MIN_COSINE
+
+
+@pytest.mark.parametrize("name", ["esm1b_debug", "prot_t5_debug", "carp_debug"])
+def test_every_family_can_be_measured(debug_model, name):
+    """ProtT5 (padded only) runs one forward per protein; the means are each protein's own."""
+    model = debug_model(name)
+    means, seconds = agreement.timed_mean_embeddings(model, repeats=1)
+    assert means.shape[0] == len(agreement.PROTEINS) and seconds > 0 and torch.isfinite(means).all()
+    tokens = model.alphabet.get_batch_converter()([agreement.PROTEINS[0]])[2]
+    with torch.no_grad():
+        alone = next(iter(model(tokens, repr_layers=[-1])["representations"].values()))[0].mean(0)
+    torch.testing.assert_close(means[0], alone.float(), atol=1e-5, rtol=0)
