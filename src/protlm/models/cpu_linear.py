@@ -27,19 +27,25 @@ from torch import nn
 from protlm.models.layers import gelu
 
 ENV = "PROTLM_CPU_LINEAR"
-FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @functools.cache
-def available() -> bool:
-    """oneDNN is built in and this torch has the op (a private one: checked, never assumed)."""
+def supported(dtype: torch.dtype) -> bool:
+    """oneDNN is built in, this torch has the op (a private one: checked, never assumed), and it
+    runs `dtype` on this CPU: bf16 needs AVX-512 (or AMX) and fails where oneDNN is capped below
+    it (ONEDNN_MAX_CPU_ISA=AVX2), so one tiny call decides."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        torch.ops.mkldnn._linear_pointwise.default
+        x = torch.ones(2, 8, dtype=dtype)
+        torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 8, dtype=dtype), None, "none", [], "")
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def available() -> bool:
+    return supported(torch.float32)
 
 
 def enabled() -> bool:
@@ -55,8 +61,8 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in FAST_DTYPES
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        if (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) and supported(x.dtype)):
             # algorithm "none" is GELU's erf form (not the tanh approximation)
             return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, self.post_op, [], "none")
         y = F.linear(x, w, self.bias)

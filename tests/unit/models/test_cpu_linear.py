@@ -93,3 +93,21 @@ def test_int8_layers_are_left_alone(debug_model, tmp_path, monkeypatch):
     model = prepare_model(debug_model("esm2_debug"), "cpu", "int8", verbose=False)
     assert any(isinstance(m, Int8Linear) for m in model.modules())
     assert not any(isinstance(m, Int8Linear) and isinstance(m, OneDNNLinear) for m in model.modules())
+
+
+def test_a_dtype_onednn_cannot_run_here_falls_back(monkeypatch):
+    """bf16 needs AVX-512 in oneDNN (capped at AVX2 it refuses the primitive): then nn.Linear's path."""
+    monkeypatch.setattr(cpu_linear, "supported", lambda dtype: dtype == torch.float32)
+    lin = _linear().to(torch.bfloat16)
+    fast = copy.deepcopy(lin)
+    use_onednn_linear_(fast)
+    fast.post_op = "gelu"
+    x = torch.randn(5, 48).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(fast(x), gelu(lin(x)))
+
+
+def test_supported_runs_the_op_once_per_dtype():
+    assert cpu_linear.supported(torch.float32)
+    assert cpu_linear.supported(torch.bfloat16) in (True, False)  # AVX-512 or not: either way no error
+    assert cpu_linear.supported.cache_info().currsize >= 2
