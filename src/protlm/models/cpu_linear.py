@@ -1,10 +1,11 @@
-"""fp32 Linear layers on the CPU through oneDNN rather than PyTorch's default BLAS call.
+"""fp32 and bf16 Linear layers on the CPU through oneDNN rather than PyTorch's default BLAS call.
 
 Why: PyTorch's CPU fp32 `addmm` calls MKL's sgemm, which on AMD CPUs runs MKL's AVX2 code even
-where the CPU has AVX-512. On a 2-core AVX-512 EPYC it measured ~105 GFLOP/s per core for the
-ESM shapes, where oneDNN's kernels (`torch.ops.mkldnn._linear_pointwise`, the op
-torch.compile's CPU backend emits) reached 210-260: ESM-2 35M embeddings 1.7x faster end to end
-(docs/performance.md). Results differ from the default path by fp32 rounding only (~1e-6).
+where the CPU has AVX-512. On a 2-core AVX-512 EPYC it measured 104-119 GFLOP/s per core for the
+ESM-2 shapes, where oneDNN's kernels (`torch.ops.mkldnn._linear_pointwise`, the op
+torch.compile's CPU backend emits) reached 239-267 (benchmarks/bench_cpu_linear.py); with the
+GELU fused, ESM-2 35M fp32 embeddings ran 2x faster end to end (docs/performance.md). Results
+differ from the default path by fp32 rounding only (~1e-6).
 
 `use_onednn_linear_(model)` re-classes each plain `nn.Linear` in place: parameters, state dict
 and hooks stay as they were, and the layer falls back to `F.linear` wherever oneDNN's op does

@@ -108,7 +108,7 @@ def measure(name_or_path: str, loader=None) -> dict[str, dict[str, float]]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                Path(tmp).write_text(json.dumps({"model": str(name_or_path), "measured": out}, indent=1))
+                tmp.write_text(json.dumps({"model": str(name_or_path), "measured": out}, indent=1))
         except OSError:  # not remembered: measured again next time, nothing else
             pass
     return out
